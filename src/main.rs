@@ -1,0 +1,41 @@
+//! `mdm`: the command-line entry point. It only parses the subcommand and dispatches to
+//! `cmd::*`, which call into the library crates.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mdm", version, about = "Matryoshka Diffusion Models: shards, loader, trainer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, verify and merge shard sets.
+    #[command(subcommand)]
+    Shards(cmd::shards::ShardsCmd),
+    /// Run the end-to-end demo on synthetic data (nothing is downloaded).
+    Demo(cmd::demo::DemoArgs),
+    /// Inspect a (Nested)UNet config, run one forward pass of a (converted ml-mdm) checkpoint.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Shards(c) => cmd::shards::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Model(c) => cmd::model::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! `mdm-trainer`: Matryoshka Diffusion Models (Gu et al. 2023) on tch, compatible with
+//! apple/ml-mdm (commit de8cde2): the same configs, parameter names and numerics.
+//!
+//! - [`config`]: model configs in ml-mdm's field names (TOML mirror of its YAML, or the
+//!   reference fixtures' JSON), validated once into a [`config::LevelSpec`] tree;
+//! - [`model`]: the (Nested)UNet, [`model::MdmUNet`]; attention runs on libtorch's SDPA;
+//! - [`diffusion`]: schedule, multi-resolution training loss and samplers, apart from the
+//!   network;
+//! - [`growth`]: initialising a NestedUNet from a lower-resolution checkpoint;
+//! - [`weights`]: safetensors checkpoints under ml-mdm's key names.
+//!
+//! ```no_run
+//! use mdm_trainer::{config::ModelConfig, diffusion::NestedDiffusion, model::{Conditioning, MdmUNet, Micros}};
+//! use tch::{nn::VarStore, Device, Kind, Tensor};
+//!
+//! # fn main() -> Result<(), mdm_trainer::Error> {
+//! let cfg = ModelConfig::from_file("configs/models/cc12m_256x256.toml")?;
+//! let vs = VarStore::new(Device::Cpu);
+//! let model = MdmUNet::new(&vs.root(), &cfg)?;
+//! let diffusion = NestedDiffusion::for_model(&model, &cfg.diffusion(), Device::Cpu)?;
+//! let images = Tensor::rand([2, 3, 256, 256], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+//! let cond = Conditioning::Text {
+//!     tokens: Tensor::randn([2, 8, 2048], (Kind::Float, Device::Cpu)),
+//!     mask: Tensor::ones([2, 8], (Kind::Float, Device::Cpu)),
+//! };
+//! let loss = diffusion.training_loss(&model, &images, &cond, &Micros::new())?;
+//! loss.total.mean(Kind::Float).backward();
+//! # Ok(()) }
+//! ```
+
+// `x = x + y` on tensors stays explicit: `+=` would run in place on storage that skips or
+// autograd still hold.
+#![allow(clippy::assign_op_pattern)]
+// `!(x > 0.0)` deliberately rejects NaN as well.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+pub mod config;
+pub mod diffusion;
+pub mod error;
+pub mod growth;
+pub mod model;
+pub mod run;
+pub mod weights;
+
+pub use error::{Error, Result};
+/// The tch version this crate is built against (for callers that handle its tensors).
+pub use tch;
