@@ -1,0 +1,303 @@
+//! One training batch of ml-mdm's `NestedDiffusion.get_loss`.
+//!
+//! One `t` per sample for all levels; level i's image is the average pool of level i−1; each
+//! level has its own noise and its own (shifted) γ; the network predicts v; the loss is the
+//! MSE in ε space, per sample, summed over levels with optional weights; with `mixed_ratio`
+//! the outer levels see only the first share of the batch and their loss is renormalised.
+
+use tch::{Device, Kind, Tensor};
+
+use super::schedule::Schedule;
+use super::{DiffusionConfig, PredictionType};
+use crate::error::{Error, Result};
+use crate::model::{Conditioning, MdmUNet, Micros};
+
+/// The diffusion process of a (nested) model with the given level scales.
+#[derive(Debug)]
+pub struct NestedDiffusion {
+    pub cfg: DiffusionConfig,
+    pub schedule: Schedule,
+    /// Level scales, outermost first (`nest_ratio + [1]`).
+    pub scales: Vec<i64>,
+    /// Per-level signal divisor (ml-mdm's `rescale_signal`; the level scale for unshifted
+    /// nested schedules; 1 when shifted).
+    pub signal_scale: Vec<f64>,
+    pub weights: Vec<f64>,
+    pub mixed: Option<Vec<f64>>,
+}
+
+/// Everything computed before the network runs.
+#[derive(Debug)]
+pub struct TrainInputs {
+    /// (B,) int64; the model receives it as is.
+    pub time: Tensor,
+    /// Per level (B,): γ at `t+1` and at `t`.
+    pub gamma: Vec<Tensor>,
+    pub gamma_last: Vec<Tensor>,
+    pub images: Vec<Tensor>,
+    pub eps: Vec<Tensor>,
+    pub x_t: Vec<Tensor>,
+    /// Per level: the loss target (ε for `loss_target_type = DDPM`).
+    pub targets: Vec<Tensor>,
+}
+
+/// The loss of one batch.
+#[derive(Debug)]
+pub struct LossTerms {
+    /// Per level (B,): per-sample MSE (renormalised and zeroed for mixed batches), weighted.
+    pub per_level: Vec<Tensor>,
+    /// (B,): sum over levels.
+    pub total: Tensor,
+    /// Per level: the prediction converted to the target space.
+    pub pred_for_training: Vec<Tensor>,
+}
+
+fn b4(g: &Tensor) -> Tensor {
+    g.view([-1, 1, 1, 1])
+}
+
+/// x0 and ε from a prediction of type `kind` (ml-mdm's `get_x0_eps_from_pred`); `g` (B,).
+pub fn x0_eps_from_pred(
+    x_t: &Tensor,
+    pred: &Tensor,
+    g: &Tensor,
+    kind: PredictionType,
+) -> (Tensor, Tensor) {
+    let g = b4(g);
+    let sg = g.sqrt();
+    let s1g = (g.ones_like() - &g).sqrt();
+    let x0 = match kind {
+        PredictionType::Ddpm | PredictionType::Ddim => (x_t - pred * &s1g) / &sg,
+        PredictionType::VPrediction => x_t * &sg - pred * &s1g,
+    };
+    let eps = (x_t - &x0 * &sg) / &s1g;
+    (x0, eps)
+}
+
+/// The prediction of type `kind` that corresponds to `x0` at `x_t` (`get_pred_from_x0_xt`).
+pub fn pred_from_x0(x_t: &Tensor, x0: &Tensor, g: &Tensor, kind: PredictionType) -> Tensor {
+    let g = b4(g);
+    let sg = g.sqrt();
+    let s1g = (g.ones_like() - &g).sqrt();
+    match kind {
+        PredictionType::Ddpm | PredictionType::Ddim => (x_t - x0 * &sg) / &s1g,
+        PredictionType::VPrediction => (&sg * x_t - x0) / &s1g,
+    }
+}
+
+/// The training target of type `kind` (`get_prediction_targets`).
+pub fn target(images: &Tensor, eps: &Tensor, g: &Tensor, kind: PredictionType) -> Tensor {
+    match kind {
+        PredictionType::Ddpm | PredictionType::Ddim => eps.shallow_clone(),
+        PredictionType::VPrediction => {
+            let g = b4(g);
+            g.sqrt() * eps - (g.ones_like() - &g).sqrt() * images
+        }
+    }
+}
+
+impl NestedDiffusion {
+    /// The diffusion for levels with `scales` (outermost first; `[1]` for a plain UNet).
+    pub fn new(cfg: &DiffusionConfig, scales: &[i64], device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let levels = scales.len();
+        if levels == 0 || scales[levels - 1] != 1 {
+            return Err(Error::Diffusion(format!(
+                "scales {scales:?} must end with 1"
+            )));
+        }
+        let sc = &cfg.sampler_config;
+        let signal_scale = scales
+            .iter()
+            .map(|&s| {
+                if levels == 1 {
+                    sc.rescale_signal.unwrap_or(1.0)
+                } else if sc.schedule_shifted {
+                    1.0
+                } else {
+                    s as f64
+                }
+            })
+            .collect();
+        Ok(NestedDiffusion {
+            schedule: Schedule::new(sc, scales, device),
+            scales: scales.to_vec(),
+            signal_scale,
+            weights: cfg.level_weights(levels)?,
+            mixed: cfg.mixed_shares(levels)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// For the model built from `model`'s config.
+    pub fn for_model(model: &MdmUNet, cfg: &DiffusionConfig, device: Device) -> Result<Self> {
+        Self::new(cfg, &model.scales(), device)
+    }
+
+    pub fn levels(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// The image pyramid: level i = avg_pool(level i−1, ratio).
+    pub fn pyramid(&self, images: &Tensor) -> Vec<Tensor> {
+        let mut out = vec![images.shallow_clone()];
+        for i in 1..self.levels() {
+            let rr = self.scales[i - 1] / self.scales[i];
+            let prev = &out[i - 1];
+            out.push(prev.avg_pool2d([rr, rr], [rr, rr], [0, 0], false, true, None));
+        }
+        out
+    }
+
+    /// Noisy inputs and targets for given images (level 0), per-level noise and times.
+    pub fn inputs(&self, images: &Tensor, eps: Vec<Tensor>, time: &Tensor) -> Result<TrainInputs> {
+        let images = self.pyramid(images);
+        if eps.len() != images.len() || eps.iter().zip(&images).any(|(e, x)| e.size() != x.size()) {
+            return Err(Error::input(
+                "eps must have one tensor per level with the image's shape",
+            ));
+        }
+        let (mut gamma, mut gamma_last, mut x_t, mut targets) = (vec![], vec![], vec![], vec![]);
+        let tgt = self.cfg.loss_target();
+        for (i, (x, e)) in images.iter().zip(&eps).enumerate() {
+            let g = self.schedule.gamma(i, &(time + 1));
+            let gl = self.schedule.gamma(i, time);
+            let xs = x / self.signal_scale[i];
+            let gb = b4(&g);
+            x_t.push(gb.sqrt() * &xs + (gb.ones_like() - &gb).sqrt() * e);
+            targets.push(target(&xs, e, &g, tgt));
+            gamma.push(g);
+            gamma_last.push(gl);
+        }
+        Ok(TrainInputs {
+            time: time.shallow_clone(),
+            gamma,
+            gamma_last,
+            images,
+            eps,
+            x_t,
+            targets,
+        })
+    }
+
+    /// Draws t and the noise (libtorch's RNG), then [`NestedDiffusion::inputs`].
+    pub fn sample_inputs(&self, images: &Tensor) -> Result<TrainInputs> {
+        let b = images.size()[0];
+        let time = Tensor::randint(self.schedule.steps, [b], (Kind::Int64, images.device()));
+        let eps = self
+            .pyramid(images)
+            .iter()
+            .map(|x| x.randn_like())
+            .collect();
+        self.inputs(images, eps, &time)
+    }
+
+    /// Batch size each level's network input keeps (mixed-resolution batches).
+    pub fn level_batch(&self, batch: i64) -> Vec<i64> {
+        match &self.mixed {
+            None => vec![batch; self.levels()],
+            Some(m) => m.iter().map(|&r| (r * batch as f64) as i64).collect(),
+        }
+    }
+
+    /// The network inputs: `x_t` narrowed to each level's share of the batch.
+    pub fn model_inputs(&self, inputs: &TrainInputs) -> Vec<Tensor> {
+        let b = inputs.time.size()[0];
+        inputs
+            .x_t
+            .iter()
+            .zip(self.level_batch(b))
+            .map(|(x, n)| x.narrow(0, 0, n))
+            .collect()
+    }
+
+    /// The loss given the network's predictions (one per level, each with that level's
+    /// share of the batch, as returned by the model on [`NestedDiffusion::model_inputs`]).
+    pub fn loss(&self, inputs: &TrainInputs, preds: &[Tensor]) -> Result<LossTerms> {
+        let b = inputs.time.size()[0];
+        if preds.len() != self.levels() {
+            return Err(Error::input(format!(
+                "{} predictions for {} levels",
+                preds.len(),
+                self.levels()
+            )));
+        }
+        let pt = self.cfg.sampler_config.prediction_type;
+        let tt = self.cfg.loss_target();
+        let nb = self.level_batch(b);
+        let mut per_level = vec![];
+        let mut pft = vec![];
+        for i in 0..self.levels() {
+            let n = nb[i];
+            let p = &preds[i];
+            if p.size()[0] != n {
+                return Err(Error::input(format!(
+                    "prediction {i} has batch {}, expected {n}",
+                    p.size()[0]
+                )));
+            }
+            // Pad to the full batch with zeros (rows past the level's share are discarded).
+            let p = if n < b {
+                let mut shape = p.size();
+                shape[0] = b - n;
+                Tensor::cat(
+                    &[p, &Tensor::zeros(shape.as_slice(), (p.kind(), p.device()))],
+                    0,
+                )
+            } else {
+                p.shallow_clone()
+            };
+            let x_t = &inputs.x_t[i];
+            let g = &inputs.gamma[i];
+            let pred = if pt == tt {
+                p
+            } else {
+                let (x0, _) = x0_eps_from_pred(x_t, &p.to_kind(x_t.kind()), g, pt);
+                pred_from_x0(x_t, &x0, g, tt)
+            };
+            let mut l = if i == 0 || self.cfg.use_double_loss {
+                (&pred - &inputs.targets[i]).square().mean_dim(
+                    [1i64, 2, 3].as_slice(),
+                    false,
+                    Kind::Float,
+                )
+            } else {
+                pred.mean(Kind::Float) * 0.0 * Tensor::ones([b], (Kind::Float, pred.device()))
+            };
+            if let Some(m) = &self.mixed {
+                if i == 0 || self.cfg.use_double_loss {
+                    let keep = Tensor::arange(b, (Kind::Int64, l.device()))
+                        .lt(n)
+                        .to_kind(Kind::Float);
+                    l = l / m[i] * keep;
+                }
+            }
+            per_level.push(l * self.weights[i]);
+            pft.push(pred);
+        }
+        let total = per_level
+            .iter()
+            .skip(1)
+            .fold(per_level[0].shallow_clone(), |a, l| a + l);
+        Ok(LossTerms {
+            per_level,
+            total,
+            pred_for_training: pft,
+        })
+    }
+
+    /// One training loss: draws t and noise, runs the model, returns the loss terms.
+    /// Call `.total.mean(Kind::Float).backward()` on the result.
+    pub fn training_loss(
+        &self,
+        model: &MdmUNet,
+        images: &Tensor,
+        cond: &Conditioning,
+        micros: &Micros,
+    ) -> Result<LossTerms> {
+        let inputs = self.sample_inputs(images)?;
+        let x = self.model_inputs(&inputs);
+        let preds = model.forward(&x, &inputs.time, cond, micros, true)?;
+        self.loss(&inputs, &preds)
+    }
+}

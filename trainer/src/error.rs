@@ -1,0 +1,89 @@
+//! The crate's error type. Every variant that comes from a file names the file.
+
+use std::path::PathBuf;
+
+/// Errors of `mdm-trainer`: bad configs, bad weight files, bad inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A config file did not parse (syntax, unknown key, wrong type).
+    #[error("{path}: {msg}")]
+    ConfigParse { path: PathBuf, msg: String },
+    /// A config parsed but is not a model we can build.
+    #[error("invalid model config{}: {field}: {msg}", path_suffix(.path))]
+    Config {
+        path: Option<PathBuf>,
+        field: String,
+        msg: String,
+    },
+    /// A diffusion setting is out of range.
+    #[error("invalid diffusion config: {0}")]
+    Diffusion(String),
+    /// A weights file does not match the model built from the config.
+    #[error("{path}: weights do not match the model: {msg}")]
+    Weights { path: PathBuf, msg: String },
+    /// A tensor given to the model or the diffusion has the wrong name, shape or kind.
+    #[error("bad input{}: {msg}", path_suffix(.path))]
+    Input { path: Option<PathBuf>, msg: String },
+    /// libtorch reported an error (with the file involved, if any).
+    #[error("libtorch{}: {source}", path_suffix(.path))]
+    Torch {
+        path: Option<PathBuf>,
+        source: tch::TchError,
+    },
+}
+
+fn path_suffix(p: &Option<PathBuf>) -> String {
+    match p {
+        Some(p) => format!(" ({})", p.display()),
+        None => String::new(),
+    }
+}
+
+impl From<tch::TchError> for Error {
+    fn from(source: tch::TchError) -> Self {
+        Error::Torch { path: None, source }
+    }
+}
+
+impl Error {
+    pub(crate) fn input(msg: impl Into<String>) -> Self {
+        Error::Input {
+            path: None,
+            msg: msg.into(),
+        }
+    }
+    pub(crate) fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            path: None,
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+    /// Attaches a file path to errors that do not carry one yet.
+    pub fn with_path(self, path: impl Into<PathBuf>) -> Self {
+        let p = Some(path.into());
+        match self {
+            Error::Config {
+                path: None,
+                field,
+                msg,
+            } => Error::Config {
+                path: p,
+                field,
+                msg,
+            },
+            Error::Input { path: None, msg } => Error::Input { path: p, msg },
+            Error::Torch { path: None, source } => Error::Torch { path: p, source },
+            e => e,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

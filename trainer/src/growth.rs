@@ -1,0 +1,99 @@
+//! Progressive growth: initialise a NestedUNet from a lower-resolution checkpoint.
+//!
+//! The lower model's parameters are loaded under the new model's inner prefix
+//! (`inner_unet.` once per added level); the new outer levels keep their fresh
+//! initialisation, and their adapters are set to zero, so right after growth the inner
+//! prediction equals the lower model's. Any lower parameter that does not fit is an error
+//! (ml-mdm prints it and trains from random weights instead).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{nn::VarStore, Tensor};
+
+use crate::error::{Error, Result};
+use crate::weights::{copy_into, read_safetensors};
+
+/// What growth did, by parameter name.
+#[derive(Debug, Clone, Default)]
+pub struct GrowthReport {
+    /// The prefix the lower checkpoint was loaded under (e.g. `inner_unet.`).
+    pub prefix: String,
+    /// Parameters loaded from the lower checkpoint (new names).
+    pub loaded: Vec<String>,
+    /// Parameters left at their fresh initialisation (the new outer levels).
+    pub fresh: Vec<String>,
+    /// Adapter parameters set to zero.
+    pub zeroed: Vec<String>,
+}
+
+/// Loads `lower` (a safetensors checkpoint of a model with `added_levels` fewer levels)
+/// into the inner levels of the model in `vs`.
+pub fn grow_from(vs: &VarStore, lower: &Path, added_levels: usize) -> Result<GrowthReport> {
+    if added_levels == 0 {
+        return Err(Error::input("growth adds at least one level"));
+    }
+    let prefix = "inner_unet.".repeat(added_levels);
+    let file: BTreeMap<String, Tensor> = read_safetensors(lower)?.into_iter().collect();
+    let vars = vs.variables();
+    let mut problems = vec![];
+    let mut renamed = vec![];
+    for (k, t) in &file {
+        let new = format!("{prefix}{k}");
+        match vars.get(&new) {
+            None => problems.push(format!("{k} has no place in the grown model ({new})")),
+            Some(v) if v.size() != t.size() => problems.push(format!(
+                "{k}: checkpoint {:?}, grown model {:?}",
+                t.size(),
+                v.size()
+            )),
+            Some(_) => renamed.push((new, t)),
+        }
+    }
+    let mut inner_missing: Vec<&String> = vars
+        .keys()
+        .filter(|k| k.starts_with(&prefix) && !file.contains_key(&k[prefix.len()..]))
+        .collect();
+    inner_missing.sort();
+    for k in inner_missing {
+        problems.push(format!("{k} is not in the checkpoint"));
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        problems.truncate(8);
+        return Err(Error::Weights {
+            path: lower.to_path_buf(),
+            msg: format!("{n} problems growing from it: {}", problems.join("; ")),
+        });
+    }
+    copy_into(&vars, renamed.iter().map(|(k, t)| (k.as_str(), *t)));
+    let mut zeroed = vec![];
+    {
+        let _g = tch::no_grad_guard();
+        for (k, v) in &vars {
+            let outer = !k.starts_with(&prefix);
+            let is_adapter = k
+                .split('.')
+                .any(|p| p == "in_adapter" || p == "out_adapter");
+            if outer && is_adapter {
+                let _ = v.shallow_clone().zero_();
+                zeroed.push(k.clone());
+            }
+        }
+    }
+    zeroed.sort();
+    let mut loaded: Vec<String> = renamed.into_iter().map(|(k, _)| k).collect();
+    loaded.sort();
+    let mut fresh: Vec<String> = vars
+        .keys()
+        .filter(|k| !k.starts_with(&prefix))
+        .cloned()
+        .collect();
+    fresh.sort();
+    Ok(GrowthReport {
+        prefix,
+        loaded,
+        fresh,
+        zeroed,
+    })
+}

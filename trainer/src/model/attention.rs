@@ -1,0 +1,157 @@
+//! Attention layers, on libtorch's `scaled_dot_product_attention` (flash kernels on GPU).
+//!
+//! ml-mdm scales q and k each by `ch^(-1/4)` and runs an explicit softmax; that is the
+//! standard `1/sqrt(ch)` attention, which SDPA computes (`tests/attention.rs` checks the two
+//! agree). Heads are fixed at 8, each taking a contiguous block of `C/8` channels.
+
+use tch::{nn, nn::Module, Tensor};
+
+use super::{group_norm, zero_conv, zero_linear};
+
+/// Heads of every attention layer (fixed in ml-mdm).
+pub const HEADS: i64 = 8;
+/// Groups of the attention GroupNorms (fixed in ml-mdm).
+pub const ATTN_GROUPS: i64 = 32;
+
+/// Multi-head attention of channel-first tensors: q (B,C,L), k/v (B,C,S) → (B,C,L).
+/// `mask` (B,S): non-zero = attend.
+pub fn attend_channels_first(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    let (b, c, l) = q.size3().unwrap_or((0, 0, 0));
+    let s = k.size()[2];
+    let ch = c / HEADS;
+    let heads = |t: &Tensor, n: i64| t.reshape([b, HEADS, ch, n]).transpose(2, 3);
+    let m = mask.map(|m| m.view([b, 1, 1, s]).ne(0i64));
+    let a = Tensor::scaled_dot_product_attention(
+        &heads(q, l),
+        &heads(k, s),
+        &heads(v, s),
+        m,
+        0.0,
+        false,
+        None,
+        false,
+    );
+    a.transpose(2, 3).reshape([b, c, l])
+}
+
+/// The explicit-softmax attention of ml-mdm (`SelfAttention.attention`), kept as the
+/// reference for tests: q and k each scaled by `ch^(-1/4)`, masked keys at −inf.
+pub fn attend_reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    let (b, c, l) = q.size3().unwrap_or((0, 0, 0));
+    let s = k.size()[2];
+    let ch = c / HEADS;
+    let scale = 1.0 / (ch as f64).sqrt().sqrt();
+    let q = (q * scale).reshape([b * HEADS, ch, l]);
+    let k = (k * scale).reshape([b * HEADS, ch, s]);
+    let mut w = q.transpose(1, 2).matmul(&k); // (bH, L, S)
+    if let Some(m) = mask {
+        let m = m
+            .view([b, 1, 1, s])
+            .repeat([1, HEADS, 1, 1])
+            .flatten(0, 1)
+            .eq(0i64);
+        w = w.masked_fill(&m, f64::NEG_INFINITY);
+    }
+    let w = w.softmax(-1, w.kind());
+    let a = v.reshape([b * HEADS, ch, s]).matmul(&w.transpose(1, 2)); // (bH, ch, L)
+    a.reshape([b, c, l])
+}
+
+/// ml-mdm's 2D `SelfAttention`: self-attention over pixels plus, when `cond_dim > 0`,
+/// cross-attention to the text tokens; the two softmax outputs are added, then
+/// `x += proj_out(h)` and optionally `x += ffn(x)`.
+#[derive(Debug)]
+pub struct SelfAttention {
+    norm: nn::GroupNorm,
+    qkv: nn::Conv2D,
+    cond: Option<(nn::LayerNorm, nn::Linear)>,
+    proj_out: nn::Conv2D,
+    ffn: Option<(nn::GroupNorm, nn::Conv2D, nn::Conv2D)>,
+}
+
+impl SelfAttention {
+    pub fn new(p: &nn::Path, channels: i64, cond_dim: i64, use_ffn: bool) -> Self {
+        let cond = (cond_dim > 0).then(|| {
+            (
+                nn::layer_norm(p / "norm_cond", vec![cond_dim], Default::default()),
+                nn::linear(p / "kv_cond", cond_dim, 2 * channels, Default::default()),
+            )
+        });
+        let ffn = use_ffn.then(|| {
+            let f = p / "ffn";
+            (
+                group_norm(&(&f / 0), ATTN_GROUPS, channels),
+                nn::conv2d(&f / 1, channels, 4 * channels, 1, Default::default()),
+                zero_conv(&(&f / 3), 4 * channels, channels, 1, 0),
+            )
+        });
+        SelfAttention {
+            norm: group_norm(&(p / "norm"), ATTN_GROUPS, channels),
+            qkv: nn::conv2d(p / "qkv", channels, 3 * channels, 1, Default::default()),
+            cond,
+            proj_out: zero_conv(&(p / "proj_out"), channels, channels, 1, 0),
+            ffn,
+        }
+    }
+
+    /// `x` (B,C,H,W); `cond` (B,T,D) text tokens; `mask` (B,T) or `None` (unmasked).
+    pub fn forward(&self, x: &Tensor, cond: Option<&Tensor>, mask: Option<&Tensor>) -> Tensor {
+        let size = x.size();
+        let (b, c) = (size[0], size[1]);
+        let qkv = self
+            .qkv
+            .forward(&self.norm.forward(x))
+            .reshape([b, 3 * c, -1]);
+        let qkv = qkv.chunk(3, 1);
+        let mut h = attend_channels_first(&qkv[0], &qkv[1], &qkv[2], None);
+        if let (Some((ln, kv)), Some(cond)) = (&self.cond, cond) {
+            let kv = kv.forward(&ln.forward(cond)).transpose(-2, -1); // (B, 2C, T)
+            let kv = kv.chunk(2, 1);
+            h = h + attend_channels_first(&qkv[0], &kv[0], &kv[1], mask);
+        }
+        let x = x + self.proj_out.forward(&h.reshape(size.as_slice()));
+        match &self.ffn {
+            Some((n, c1, c2)) => &x + c2.forward(&c1.forward(&n.forward(&x)).gelu("none")),
+            None => x,
+        }
+    }
+}
+
+/// ml-mdm's `SelfAttention1DBlock` over text tokens: `SelfAttention1D` (LayerNorm, qkv,
+/// masked attention, `proj_out`) followed by a residual MLP (LayerNorm, 4D, GELU, D).
+/// Names: `attn.{norm,qkv,proj_out}`, `mlp.main.{0,1,3}`.
+#[derive(Debug)]
+pub struct TextSelfAttention {
+    norm: nn::LayerNorm,
+    qkv: nn::Linear,
+    proj_out: nn::Linear,
+    mlp_norm: nn::LayerNorm,
+    mlp_in: nn::Linear,
+    mlp_out: nn::Linear,
+}
+
+impl TextSelfAttention {
+    pub fn new(p: &nn::Path, dim: i64) -> Self {
+        let a = p / "attn";
+        let m = p / "mlp" / "main";
+        TextSelfAttention {
+            norm: nn::layer_norm(&a / "norm", vec![dim], Default::default()),
+            qkv: nn::linear(&a / "qkv", dim, 3 * dim, Default::default()),
+            proj_out: nn::linear(&a / "proj_out", dim, dim, zero_linear()),
+            mlp_norm: nn::layer_norm(&m / 0, vec![dim], Default::default()),
+            mlp_in: nn::linear(&m / 1, dim, 4 * dim, Default::default()),
+            mlp_out: nn::linear(&m / 3, 4 * dim, dim, zero_linear()),
+        }
+    }
+
+    /// `x` (B,T,D); `mask` (B,T) or `None`.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let qkv = self.qkv.forward(&self.norm.forward(x)).transpose(1, 2); // (B,3D,T)
+        let qkv = qkv.chunk(3, 1);
+        let h = attend_channels_first(&qkv[0], &qkv[1], &qkv[2], mask).transpose(1, 2);
+        let x = x + self.proj_out.forward(&h);
+        &x + self
+            .mlp_out
+            .forward(&self.mlp_in.forward(&self.mlp_norm.forward(&x)).gelu("none"))
+    }
+}

@@ -1,0 +1,375 @@
+//! The denoising network: ml-mdm's `UNet` and `NestedUNet`, with ml-mdm's parameter names.
+//!
+//! [`MdmUNet`] is the whole model (any nesting depth). Its levels are [`unet::UNetLevel`]s:
+//! a plain UNet is one level; a nested one holds its inner level, which computes the text
+//! conditioning once and shares it with every outer level.
+
+pub mod attention;
+pub mod embeddings;
+pub mod resnet;
+pub mod unet;
+
+use std::collections::BTreeMap;
+
+use tch::{nn, Kind, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+pub use unet::UNetLevel;
+
+/// The conditioning of one batch.
+#[derive(Debug)]
+pub enum Conditioning {
+    /// Text-encoder states (B,T,D) and their mask (B,T), 1 = token, 0 = padding.
+    Text { tokens: Tensor, mask: Tensor },
+    /// Class labels (B,) int64; [`MdmUNet::null_class`] is the unconditional class.
+    Class(Tensor),
+    /// No conditioning (models with `conditioning_feature_dim <= 0`).
+    None,
+}
+
+impl Conditioning {
+    /// The same conditioning for the first `n` samples.
+    pub fn narrow(&self, n: i64) -> Conditioning {
+        match self {
+            Conditioning::Text { tokens, mask } => Conditioning::Text {
+                tokens: tokens.narrow(0, 0, n),
+                mask: mask.narrow(0, 0, n),
+            },
+            Conditioning::Class(c) => Conditioning::Class(c.narrow(0, 0, n)),
+            Conditioning::None => Conditioning::None,
+        }
+    }
+
+    /// Batch-concatenation of two conditionings of the same kind (for guidance).
+    /// Text conditionings are padded to the longer token count.
+    pub fn cat(a: &Conditioning, b: &Conditioning) -> Result<Conditioning> {
+        match (a, b) {
+            (
+                Conditioning::Text {
+                    tokens: t1,
+                    mask: m1,
+                },
+                Conditioning::Text {
+                    tokens: t2,
+                    mask: m2,
+                },
+            ) => {
+                let n = t1.size()[1].max(t2.size()[1]);
+                let pad_t = |t: &Tensor| {
+                    let k = n - t.size()[1];
+                    if k == 0 {
+                        t.shallow_clone()
+                    } else {
+                        t.constant_pad_nd([0, 0, 0, k])
+                    }
+                };
+                let pad_m = |m: &Tensor| {
+                    let k = n - m.size()[1];
+                    if k == 0 {
+                        m.shallow_clone()
+                    } else {
+                        m.constant_pad_nd([0, k])
+                    }
+                };
+                Ok(Conditioning::Text {
+                    tokens: Tensor::cat(&[pad_t(t1), pad_t(t2)], 0),
+                    mask: Tensor::cat(&[pad_m(m1), pad_m(m2)], 0),
+                })
+            }
+            (Conditioning::Class(x), Conditioning::Class(y)) => {
+                Ok(Conditioning::Class(Tensor::cat(&[x, y], 0)))
+            }
+            (Conditioning::None, Conditioning::None) => Ok(Conditioning::None),
+            _ => Err(Error::input(
+                "cannot combine conditionings of different kinds",
+            )),
+        }
+    }
+}
+
+/// Micro-conditioning values by key (e.g. `scale`), each (B,). Missing keys use the level's
+/// default.
+pub type Micros = BTreeMap<String, Tensor>;
+
+/// Intermediate tensors of one forward pass, keyed like the reference fixtures' `debug.*`
+/// (module path with ml-mdm's level prefix, e.g. `inner_unet.down_blocks.0`).
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub(crate) on: bool,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl Trace {
+    pub(crate) fn put(&mut self, prefix: &str, name: &str, t: &Tensor) {
+        if self.on {
+            self.tensors
+                .insert(format!("{prefix}{name}"), t.detach().copy());
+        }
+    }
+}
+
+/// The state a block needs besides its input.
+pub struct Ctx<'a> {
+    pub temb: &'a Tensor,
+    pub cond: Option<&'a Tensor>,
+    pub cond_mask: Option<&'a Tensor>,
+    pub train: bool,
+}
+
+pub(crate) fn group_norm(p: &nn::Path, groups: i64, channels: i64) -> nn::GroupNorm {
+    nn::group_norm(p, groups, channels, Default::default())
+}
+
+/// 3×3 conv, padding 1; `zero` for layers ml-mdm zero-initialises.
+pub(crate) fn conv3(p: &nn::Path, cin: i64, cout: i64, stride: i64, zero: bool) -> nn::Conv2D {
+    if zero {
+        return zero_conv(p, cin, cout, 3, 1);
+    }
+    nn::conv2d(
+        p,
+        cin,
+        cout,
+        3,
+        nn::ConvConfig {
+            padding: 1,
+            stride,
+            ..Default::default()
+        },
+    )
+}
+
+pub(crate) fn zero_conv(p: &nn::Path, cin: i64, cout: i64, k: i64, padding: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        padding,
+        ws_init: nn::Init::Const(0.0),
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
+    nn::conv2d(p, cin, cout, k, cfg)
+}
+
+pub(crate) fn zero_linear() -> nn::LinearConfig {
+    nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    }
+}
+
+/// The whole denoising model: a UNet or a NestedUNet of any depth.
+#[derive(Debug)]
+pub struct MdmUNet {
+    cfg: ModelConfig,
+    top: UNetLevel,
+}
+
+impl MdmUNet {
+    /// Builds the model under `p` (pass `vs.root()` so that names equal ml-mdm's keys).
+    pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
+        let top = UNetLevel::new(
+            p,
+            &cfg.top,
+            cfg.input_channels,
+            cfg.output_channels,
+            cfg.num_classes,
+        );
+        Ok(MdmUNet {
+            cfg: cfg.clone(),
+            top,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Number of resolution levels (1 for a UNet).
+    pub fn num_levels(&self) -> usize {
+        self.cfg.top.depth()
+    }
+
+    /// Per-level scale relative to the innermost level, outermost first (`nest_ratio + [1]`).
+    pub fn scales(&self) -> Vec<i64> {
+        self.cfg.top.scales()
+    }
+
+    /// The unconditional class index (class-conditional models).
+    pub fn null_class(&self) -> Option<i64> {
+        self.cfg.num_classes
+    }
+
+    /// Runs the model. `x_t` has one tensor per level, outermost (highest resolution) first;
+    /// batch sizes may shrink outwards (ml-mdm's mixed-resolution batches: level i sees the
+    /// first `x_t[i].size(0)` samples). `times` (B,) are integer steps. Returns the
+    /// prediction of every level, outermost first.
+    pub fn forward(
+        &self,
+        x_t: &[Tensor],
+        times: &Tensor,
+        cond: &Conditioning,
+        micros: &Micros,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let mut trace = Trace::default();
+        self.forward_traced(x_t, times, cond, micros, train, &mut trace)
+    }
+
+    /// [`MdmUNet::forward`] that also records intermediate tensors when `trace.on`.
+    pub fn forward_traced(
+        &self,
+        x_t: &[Tensor],
+        times: &Tensor,
+        cond: &Conditioning,
+        micros: &Micros,
+        train: bool,
+        trace: &mut Trace,
+    ) -> Result<Vec<Tensor>> {
+        self.check_inputs(x_t, times, cond, micros)?;
+        let (cond_emb, tokens, mask) = self.top.conditioning(cond, trace, "")?;
+        let (outs, _) = self.top.forward_level(
+            x_t,
+            None,
+            times,
+            cond_emb.as_ref(),
+            tokens.as_ref(),
+            mask.as_ref(),
+            micros,
+            train,
+            trace,
+            "",
+        );
+        Ok(outs)
+    }
+
+    /// Like [`MdmUNet::forward`], recording every tensor that [`Trace`] knows.
+    pub fn forward_debug(
+        &self,
+        x_t: &[Tensor],
+        times: &Tensor,
+        cond: &Conditioning,
+        micros: &Micros,
+    ) -> Result<(Vec<Tensor>, BTreeMap<String, Tensor>)> {
+        let mut trace = Trace {
+            on: true,
+            ..Default::default()
+        };
+        let outs = self.forward_traced(x_t, times, cond, micros, false, &mut trace)?;
+        Ok((outs, trace.tensors))
+    }
+
+    fn check_inputs(
+        &self,
+        x_t: &[Tensor],
+        times: &Tensor,
+        cond: &Conditioning,
+        micros: &Micros,
+    ) -> Result<()> {
+        let levels = self.num_levels();
+        if x_t.len() != levels {
+            return Err(Error::input(format!(
+                "the model has {levels} levels, got {} inputs x_t",
+                x_t.len()
+            )));
+        }
+        let scales = self.scales();
+        let b = times.size();
+        if b.len() != 1 {
+            return Err(Error::input(format!("times must be (B,), got {b:?}")));
+        }
+        let batch = b[0];
+        let inner_side = x_t[levels - 1].size().get(2).copied().unwrap_or(0);
+        let mut prev_b = 0;
+        for (i, x) in x_t.iter().enumerate() {
+            let s = x.size();
+            if s.len() != 4 || s[1] != self.cfg.input_channels || s[2] != s[3] {
+                return Err(Error::input(format!(
+                    "x_t.{i} must be (B,{},S,S), got {s:?}",
+                    self.cfg.input_channels
+                )));
+            }
+            if !x.is_floating_point() {
+                return Err(Error::input(format!(
+                    "x_t.{i} must be floating point, got {:?}",
+                    x.kind()
+                )));
+            }
+            if s[0] < prev_b || s[0] > batch {
+                return Err(Error::input(format!(
+                    "x_t.{i} has batch {}: batch sizes must not shrink inwards and not exceed {batch}",
+                    s[0]
+                )));
+            }
+            prev_b = s[0];
+            if s[2] != inner_side * scales[i] {
+                return Err(Error::input(format!(
+                    "x_t.{i} has side {}, the nest ratios {scales:?} and the innermost side {inner_side} need {}",
+                    s[2],
+                    inner_side * scales[i]
+                )));
+            }
+        }
+        let mut spec = Some(&self.cfg.top);
+        for (i, x) in x_t.iter().enumerate() {
+            let Some(l) = spec else { break };
+            let f = 1i64 << (l.resolution_channels.len() - 1);
+            if x.size()[2] % f != 0 {
+                return Err(Error::input(format!("x_t.{i} side {} is not divisible by {f} (its downsampling)", x.size()[2])));
+            }
+            spec = l.nested.as_ref().map(|n| n.inner.as_ref());
+        }
+        if x_t[levels - 1].size()[0] != batch {
+            return Err(Error::input("the innermost level must have the full batch"));
+        }
+        match cond {
+            Conditioning::Text { tokens, mask } => {
+                let ts = tokens.size();
+                let innermost = self.cfg.top.innermost();
+                if innermost.input_cond_dim <= 0 {
+                    return Err(Error::input("this model takes no text conditioning"));
+                }
+                if ts.len() != 3 || ts[0] != batch || ts[2] != innermost.input_cond_dim {
+                    return Err(Error::input(format!(
+                        "lm_outputs must be (B={batch},T,{}), got {ts:?}",
+                        innermost.input_cond_dim
+                    )));
+                }
+                if mask.size() != [ts[0], ts[1]] {
+                    return Err(Error::input(format!(
+                        "lm_mask must be (B,T)={:?}, got {:?}",
+                        &ts[..2],
+                        mask.size()
+                    )));
+                }
+            }
+            Conditioning::Class(c) => {
+                if self.cfg.num_classes.is_none() {
+                    return Err(Error::input("this model is not class-conditional"));
+                }
+                if c.size() != [batch] || c.kind() != Kind::Int64 {
+                    return Err(Error::input(format!(
+                        "class labels must be (B,) int64, got {:?} {:?}",
+                        c.size(),
+                        c.kind()
+                    )));
+                }
+            }
+            Conditioning::None => {
+                if self.cfg.top.innermost().cond_dim > 0 {
+                    return Err(Error::input(
+                        "this model needs conditioning (text or class)",
+                    ));
+                }
+            }
+        }
+        for (k, v) in micros {
+            if v.size() != [batch] {
+                return Err(Error::input(format!(
+                    "micro-conditioning {k:?} must be (B,), got {:?}",
+                    v.size()
+                )));
+            }
+        }
+        Ok(())
+    }
+}

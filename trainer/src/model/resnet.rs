@@ -1,0 +1,175 @@
+//! ResNet layers and ml-mdm's `ResNetBlock` (ResNets, optional attention, optional resample).
+
+use tch::{nn, nn::Module, Tensor};
+
+use super::attention::SelfAttention;
+use super::{conv3, group_norm, Ctx};
+
+/// One ResNet layer, time-modulated:
+/// `h = conv1(silu(GN1(x)))`, `(a, b) = chunk(time_layer(silu(temb)))`,
+/// `h = conv2(dropout(silu(GN2(h)·(1+a)+b)))`, output `h + conv3?(x)`.
+#[derive(Debug)]
+pub struct ResNet {
+    norm1: nn::GroupNorm,
+    conv1: nn::Conv2D,
+    time_layer: nn::Linear,
+    norm2: nn::GroupNorm,
+    conv2: nn::Conv2D,
+    conv3: Option<nn::Conv2D>,
+    dropout: f64,
+}
+
+impl ResNet {
+    pub fn new(
+        p: &nn::Path,
+        cin: i64,
+        cout: i64,
+        temporal_dim: i64,
+        groups: i64,
+        dropout: f64,
+    ) -> Self {
+        ResNet {
+            norm1: group_norm(&(p / "norm1"), groups, cin),
+            conv1: conv3(&(p / "conv1"), cin, cout, 1, false),
+            time_layer: nn::linear(p / "time_layer", temporal_dim, 2 * cout, Default::default()),
+            norm2: group_norm(&(p / "norm2"), groups, cout),
+            conv2: conv3(&(p / "conv2"), cout, cout, 1, true),
+            conv3: (cin != cout).then(|| nn::conv2d(p / "conv3", cin, cout, 1, Default::default())),
+            dropout,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> Tensor {
+        let h = self.conv1.forward(&self.norm1.forward(x).silu());
+        let ab = self
+            .time_layer
+            .forward(&temb.silu())
+            .unsqueeze(-1)
+            .unsqueeze(-1);
+        let ab = ab.chunk(2, 1);
+        let h = (self.norm2.forward(&h) * (ab[0].shallow_clone() + 1.0) + &ab[1]).silu();
+        let h = self.conv2.forward(&h.dropout(self.dropout, train));
+        match &self.conv3 {
+            Some(c) => h + c.forward(x),
+            None => h + x,
+        }
+    }
+}
+
+/// What a block does after its ResNets.
+#[derive(Debug)]
+pub enum Resample {
+    None,
+    /// 3×3 conv, stride 2, padding 1.
+    Down(nn::Conv2D),
+    /// Nearest ×2, then a 3×3 conv.
+    Up(nn::Conv2D),
+}
+
+/// ml-mdm's `ResNetBlock`: `n` ResNets, each followed by `layers` attention layers
+/// (`attn[i*layers + j]`), then an optional resample.
+#[derive(Debug)]
+pub struct ResNetBlock {
+    resnets: Vec<ResNet>,
+    attn: Vec<SelfAttention>,
+    layers: usize,
+    resample: Resample,
+}
+
+/// How to build one [`ResNetBlock`].
+#[derive(Clone)]
+pub struct BlockSpec {
+    /// (in, out) channels of each ResNet.
+    pub channels: Vec<(i64, i64)>,
+    pub attention_layers: i64,
+    /// Text width for cross-attention (≤ 0: self-attention only).
+    pub cond_dim: i64,
+    pub attention_ffn: bool,
+    pub down: bool,
+    pub up: bool,
+}
+
+impl ResNetBlock {
+    pub fn new(p: &nn::Path, s: &BlockSpec, temporal_dim: i64, groups: i64, dropout: f64) -> Self {
+        let resnets = s
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, &(cin, cout))| {
+                ResNet::new(
+                    &(p / "resnets" / i),
+                    cin,
+                    cout,
+                    temporal_dim,
+                    groups,
+                    dropout,
+                )
+            })
+            .collect();
+        let layers = s.attention_layers.max(0) as usize;
+        let mut attn = vec![];
+        for (i, &(_, cout)) in s.channels.iter().enumerate() {
+            for j in 0..layers {
+                attn.push(SelfAttention::new(
+                    &(p / "attn" / (i * layers + j)),
+                    cout,
+                    s.cond_dim,
+                    s.attention_ffn,
+                ));
+            }
+        }
+        let last = s.channels.last().map_or(0, |c| c.1);
+        let resample = if s.down {
+            Resample::Down(conv3(&(p / "resample"), last, last, 2, false))
+        } else if s.up {
+            Resample::Up(conv3(&(p / "resample"), last, last, 1, false))
+        } else {
+            Resample::None
+        };
+        ResNetBlock {
+            resnets,
+            attn,
+            layers,
+            resample,
+        }
+    }
+
+    /// Runs the block. `skips` (up blocks) are consumed front first and concatenated as
+    /// `cat([x, skip], 1)`; the returned activations (down blocks) are each ResNet(+attention)
+    /// output, then the resample output.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &Ctx,
+        mut skips: Option<&mut Vec<Tensor>>,
+    ) -> (Tensor, Vec<Tensor>) {
+        let mut x = x.shallow_clone();
+        let mut acts = vec![];
+        for (i, r) in self.resnets.iter().enumerate() {
+            if let Some(s) = skips.as_deref_mut() {
+                if !s.is_empty() {
+                    let skip = s.remove(0);
+                    x = Tensor::cat(&[&x, &skip], 1);
+                }
+            }
+            x = r.forward(&x, ctx.temb, ctx.train);
+            for j in 0..self.layers {
+                x = self.attn[i * self.layers + j].forward(&x, ctx.cond, ctx.cond_mask);
+            }
+            acts.push(x.shallow_clone());
+        }
+        match &self.resample {
+            Resample::None => {}
+            Resample::Down(c) => {
+                x = c.forward(&x);
+                acts.push(x.shallow_clone());
+            }
+            Resample::Up(c) => {
+                let (h, w) = (x.size()[2], x.size()[3]);
+                x = c.forward(&x.upsample_nearest2d([2 * h, 2 * w], None, None));
+                acts.push(x.shallow_clone());
+            }
+        }
+        (x, acts)
+    }
+}

@@ -1,0 +1,62 @@
+//! Shared helpers of the trainer tests: where the reference fixtures live, loading them,
+//! comparing tensors.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use tch::{Kind, Tensor};
+
+/// `../shared/reference/mlmdm` (or `$MDM_REFERENCE_DIR/mlmdm`), `None` with a loud message
+/// when absent.
+pub fn mlmdm_dir(test: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("MDM_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+        });
+    let dir = base.join("mlmdm");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "\n*** SKIPPING {test}: reference fixtures not found at {} (set MDM_REFERENCE_DIR) ***\n",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// The workspace root (for `configs/models`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn load(path: &std::path::Path) -> BTreeMap<String, Tensor> {
+    mdm_trainer::weights::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+pub fn get<'a>(m: &'a BTreeMap<String, Tensor>, k: &str) -> &'a Tensor {
+    m.get(k)
+        .unwrap_or_else(|| panic!("fixture tensor {k} missing"))
+}
+
+/// max |a − b| (in f64), asserting equal shapes.
+pub fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// max of |a − b| / max(1, |b|) (the README's diffusion criterion).
+pub fn max_rel1(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    let b = b.to_kind(Kind::Double);
+    let d = (a.to_kind(Kind::Double) - &b).abs();
+    (d / b.abs().clamp_min(1.0)).max().double_value(&[])
+}

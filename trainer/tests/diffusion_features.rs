@@ -1,0 +1,268 @@
+//! Diffusion features beyond the tables: mixed-resolution batches, level weights, the
+//! sampling loop with DDPM/DDIM, guidance and thresholding.
+
+mod common;
+
+use mdm_trainer::{
+    config::ModelConfig,
+    diffusion::{
+        sampler::threshold, DiffusionConfig, NestedDiffusion, SampleOptions, ThresholdType,
+    },
+    model::{Conditioning, MdmUNet, Micros},
+};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+fn cpu() -> (Kind, Device) {
+    (Kind::Float, Device::Cpu)
+}
+
+const NESTED: &str = r#"
+model = "nested_unet"
+[unet_config]
+resolution_channels = [8, 16]
+num_resnets_per_resolution = [1, 1]
+attention_levels = []
+num_attention_layers = [0, 0]
+conditioning_feature_dim = 16
+temporal_dim = 32
+micro_conditioning = "scale:16"
+resnet_config = { num_groups_norm = 4 }
+[unet_config.inner_config]
+nesting = true
+resolution_channels = [8, 32]
+num_resnets_per_resolution = [1, 1]
+attention_levels = [1]
+num_attention_layers = [1, 1]
+micro_conditioning = "scale:8"
+resnet_config = { num_groups_norm = 4 }
+[diffusion_config]
+use_vdm_loss_weights = false
+use_double_loss = true
+no_use_residual = true
+mixed_ratio = "1:1"
+multi_res_weights = "2:1"
+[diffusion_config.sampler_config]
+num_diffusion_steps = 50
+schedule_type = "DEEPFLOYD"
+prediction_type = "V_PREDICTION"
+loss_target_type = "DDPM"
+schedule_shifted = true
+"#;
+
+fn setup() -> (VarStore, MdmUNet, NestedDiffusion) {
+    tch::manual_seed(11);
+    let cfg = ModelConfig::from_toml_str(NESTED).expect("config");
+    let vs = VarStore::new(Device::Cpu);
+    let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    {
+        let _g = tch::no_grad_guard();
+        for (_, mut v) in vs.variables() {
+            let r = v.randn_like() * 0.2;
+            v.copy_(&r);
+        }
+    }
+    let d = NestedDiffusion::for_model(&model, &cfg.diffusion(), Device::Cpu).expect("diffusion");
+    (vs, model, d)
+}
+
+fn text(b: i64) -> Conditioning {
+    Conditioning::Text {
+        tokens: Tensor::randn([b, 4, 16], cpu()),
+        mask: Tensor::ones([b, 4], cpu()),
+    }
+}
+
+#[test]
+fn mixed_ratio_trains_the_outer_level_on_its_share_only() {
+    let (_vs, model, d) = setup();
+    assert_eq!(d.scales, vec![2, 1]);
+    assert_eq!(d.level_batch(4), vec![2, 4]);
+    assert_eq!(d.level_batch(7), vec![3, 7]);
+    let images = Tensor::rand([4, 3, 16, 16], cpu()) * 2.0 - 1.0;
+    let inputs = d.sample_inputs(&images).expect("inputs");
+    let x = d.model_inputs(&inputs);
+    assert_eq!(x[0].size()[0], 2);
+    assert_eq!(x[1].size()[0], 4);
+    let cond = text(4);
+    let preds = model
+        .forward(&x, &inputs.time, &cond, &Micros::new(), true)
+        .expect("forward");
+    let loss = d.loss(&inputs, &preds).expect("loss");
+    // Outer rows past the share are zero; the kept rows are renormalised by 1/0.5 and
+    // weighted by 2.
+    let outer = &loss.per_level[0];
+    assert_eq!(
+        outer
+            .narrow(0, 2, 2)
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]),
+        0.0
+    );
+    let (x0, _) = mdm_trainer::diffusion::loss::x0_eps_from_pred(
+        &inputs.x_t[0].narrow(0, 0, 2),
+        &preds[0],
+        &inputs.gamma[0].narrow(0, 0, 2),
+        mdm_trainer::diffusion::PredictionType::VPrediction,
+    );
+    let eps_pred = mdm_trainer::diffusion::loss::pred_from_x0(
+        &inputs.x_t[0].narrow(0, 0, 2),
+        &x0,
+        &inputs.gamma[0].narrow(0, 0, 2),
+        mdm_trainer::diffusion::PredictionType::Ddpm,
+    );
+    let manual = (eps_pred - inputs.eps[0].narrow(0, 0, 2))
+        .square()
+        .mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float)
+        / 0.5
+        * 2.0;
+    assert!(common::max_abs(&outer.narrow(0, 0, 2), &manual) < 1e-5);
+    // The inner level trains on the whole batch with weight 1.
+    assert!(loss.per_level[1].gt(0.0).all().int64_value(&[]) == 1);
+    // Gradients flow.
+    loss.total.mean(Kind::Float).backward();
+}
+
+#[test]
+fn sampling_ddpm_ddim_guidance_and_thresholds() {
+    let (_vs, model, d) = setup();
+    let b = 2;
+    let noise = || {
+        vec![
+            Tensor::randn([b, 3, 16, 16], cpu()),
+            Tensor::randn([b, 3, 8, 8], cpu()),
+        ]
+    };
+    let cond = text(b);
+    let uncond = Conditioning::Text {
+        tokens: Tensor::zeros([b, 1, 16], cpu()),
+        mask: Tensor::ones([b, 1], cpu()),
+    };
+    let micros = Micros::new();
+
+    // DDIM(0) is deterministic given the start noise.
+    tch::manual_seed(5);
+    let n = noise();
+    let opts = SampleOptions {
+        steps: Some(5),
+        ddim_eta: Some(0.0),
+        guidance_scale: 1.0,
+        threshold: None,
+    };
+    let a = d
+        .sample(
+            &model,
+            n.iter().map(|t| t.copy()).collect(),
+            &cond,
+            None,
+            &micros,
+            &opts,
+        )
+        .expect("ddim");
+    let a2 = d
+        .sample(
+            &model,
+            n.iter().map(|t| t.copy()).collect(),
+            &cond,
+            None,
+            &micros,
+            &opts,
+        )
+        .expect("ddim");
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0].size(), vec![b, 3, 16, 16]);
+    assert_eq!(common::max_abs(&a[0], &a2[0]), 0.0);
+    assert!(a[0].abs().max().double_value(&[]) <= 1.0);
+
+    // Guidance with scale 1 is the plain prediction; other scales change it.
+    let guided1 = d
+        .sample(
+            &model,
+            n.iter().map(|t| t.copy()).collect(),
+            &cond,
+            Some(&uncond),
+            &micros,
+            &opts,
+        )
+        .expect("g1");
+    assert!(common::max_abs(&guided1[0], &a[0]) < 1e-5);
+    let opts3 = SampleOptions {
+        guidance_scale: 3.0,
+        ..opts.clone()
+    };
+    let guided3 = d
+        .sample(
+            &model,
+            n.iter().map(|t| t.copy()).collect(),
+            &cond,
+            Some(&uncond),
+            &micros,
+            &opts3,
+        )
+        .expect("g3");
+    assert!(common::max_abs(&guided3[0], &a[0]) > 1e-4);
+    assert!(
+        d.sample(&model, noise(), &cond, None, &micros, &opts3)
+            .is_err(),
+        "guidance needs an unconditional input"
+    );
+
+    // DDPM (ancestral) and DDIM(1) run and stay finite and in range.
+    for eta in [None, Some(1.0)] {
+        let o = SampleOptions {
+            steps: Some(4),
+            ddim_eta: eta,
+            guidance_scale: 2.0,
+            threshold: Some(ThresholdType::Dynamic),
+        };
+        let s = d
+            .sample(&model, noise(), &cond, Some(&uncond), &micros, &o)
+            .expect("sample");
+        for x in &s {
+            assert!(x.isfinite().all().int64_value(&[]) == 1);
+        }
+    }
+
+    // Thresholds.
+    let x = Tensor::randn([2, 3, 8, 8], cpu()) * 4.0;
+    let c = threshold(&x, ThresholdType::Clip, 1.0);
+    assert!(c.abs().max().double_value(&[]) <= 1.0);
+    let dy = threshold(&x, ThresholdType::Dynamic, 1.0);
+    assert!(dy.abs().max().double_value(&[]) <= 1.0 + 1e-6);
+    // Dynamic thresholding divides by the per-sample 99.5th percentile of |x| (> 1 here).
+    let flat = x.reshape([2, -1]).abs();
+    let s0 = flat
+        .get(0)
+        .quantile_scalar(0.995, 0, false, "linear")
+        .double_value(&[]);
+    let want = x.get(0).clamp(-s0, s0) / s0;
+    assert!(common::max_abs(&dy.get(0), &want) < 1e-6);
+    let small = Tensor::rand([1, 3, 4, 4], cpu()) * 0.5;
+    assert!(
+        common::max_abs(&threshold(&small, ThresholdType::Dynamic, 1.0), &small) < 1e-7,
+        "s clamps at 1"
+    );
+}
+
+#[test]
+fn timesteps_and_config_validation() {
+    let cfg = DiffusionConfig::published(2);
+    let d = NestedDiffusion::new(&cfg, &[4, 1], Device::Cpu).expect("diffusion");
+    let ts = d.timesteps(10);
+    assert_eq!(ts.len(), 11);
+    // round(k·1001/11) = 91·k: ml-mdm starts at 910, not 1000.
+    assert_eq!((ts[0], ts[1], ts[10]), (910, 819, 0));
+    assert!(ts.windows(2).all(|w| w[0] > w[1]));
+    let mut bad = cfg.clone();
+    bad.mixed_ratio = Some("1:x".into());
+    assert!(NestedDiffusion::new(&bad, &[4, 1], Device::Cpu).is_err());
+    let mut bad = cfg.clone();
+    bad.multi_res_weights = Some("1:2:3".into());
+    assert!(
+        NestedDiffusion::new(&bad, &[4, 1], Device::Cpu).is_err(),
+        "weights need one entry per level"
+    );
+    let mut bad = cfg;
+    bad.use_vdm_loss_weights = true;
+    assert!(NestedDiffusion::new(&bad, &[4, 1], Device::Cpu).is_err());
+}

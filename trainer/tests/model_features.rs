@@ -1,0 +1,234 @@
+//! Model features beyond the goldens: SDPA vs ml-mdm's explicit attention, text
+//! self-attention layers and masking, class conditioning, config errors.
+
+mod common;
+
+use mdm_trainer::{
+    config::ModelConfig,
+    model::{
+        attention::{attend_channels_first, attend_reference},
+        Conditioning, MdmUNet, Micros,
+    },
+    Error,
+};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+fn cpu() -> (Kind, Device) {
+    (Kind::Float, Device::Cpu)
+}
+
+/// A small text-conditioned UNet; `extra` lines go into `[unet_config]`.
+fn small_toml(extra: &str, top: &str) -> String {
+    format!(
+        r#"
+model = "unet"
+{top}
+[unet_config]
+resolution_channels = [32, 32]
+num_resnets_per_resolution = [1, 1]
+attention_levels = [1]
+num_attention_layers = [1, 1]
+conditioning_feature_dim = 16
+conditioning_feature_proj_dim = 32
+micro_conditioning = "scale:16"
+resnet_config = {{ num_groups_norm = 8, use_attention_ffn = true }}
+{extra}
+"#
+    )
+}
+
+fn randomise(vs: &VarStore) {
+    let _g = tch::no_grad_guard();
+    for (_, mut v) in vs.variables() {
+        let r = v.randn_like() * 0.3;
+        v.copy_(&r);
+    }
+}
+
+#[test]
+fn sdpa_attention_equals_explicit_softmax() {
+    tch::manual_seed(1);
+    for (c, l, s) in [(32i64, 16i64, 16i64), (64, 9, 5), (256, 64, 77)] {
+        let q = Tensor::randn([2, c, l], cpu()) * 3.0;
+        let k = Tensor::randn([2, c, s], cpu()) * 3.0;
+        let v = Tensor::randn([2, c, s], cpu());
+        let m = Tensor::ones([2, s], cpu());
+        let _ = m.narrow(1, s / 2, s - s / 2).get(0).fill_(0.0);
+        for mask in [None, Some(&m)] {
+            let a = attend_channels_first(&q, &k, &v, mask);
+            let b = attend_reference(&q, &k, &v, mask);
+            let d = common::max_abs(&a, &b);
+            eprintln!(
+                "attention C={c} L={l} S={s} masked={}: max|diff| = {d:e}",
+                mask.is_some()
+            );
+            assert!(d < 1e-5, "SDPA differs from the explicit softmax by {d}");
+        }
+    }
+}
+
+fn run(model: &MdmUNet, tokens: &Tensor, mask: &Tensor) -> Tensor {
+    tch::manual_seed(3);
+    let x = Tensor::randn([2, 3, 8, 8], cpu());
+    let t = Tensor::from_slice(&[10i64, 900]);
+    let cond = Conditioning::Text {
+        tokens: tokens.shallow_clone(),
+        mask: mask.shallow_clone(),
+    };
+    let _g = tch::no_grad_guard();
+    model
+        .forward(&[x], &t, &cond, &Micros::new(), false)
+        .expect("forward")
+        .remove(0)
+}
+
+#[test]
+fn text_self_attention_layers_honour_the_mask() {
+    for layers in [0, 2] {
+        let cfg = ModelConfig::from_toml_str(&small_toml(
+            &format!("num_lm_head_layers = {layers}\nmasked_cross_attention = 1"),
+            "",
+        ))
+        .expect("config");
+        let vs = VarStore::new(Device::Cpu);
+        let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+        assert_eq!(
+            vs.variables()
+                .keys()
+                .filter(|k| k.starts_with("lm_head."))
+                .count(),
+            layers * 12
+        );
+        randomise(&vs);
+        let tokens = Tensor::randn([2, 6, 16], cpu());
+        let mask = Tensor::from_slice2(&[[1f32, 1., 1., 0., 0., 0.], [1., 1., 1., 1., 1., 0.]]);
+        // Changing padded tokens must not change anything.
+        let pad = mask.eq(0.0).unsqueeze(-1).to_kind(Kind::Float);
+        let tokens2 = &tokens + &pad * Tensor::randn([2, 6, 16], cpu()) * 5.0;
+        let a = run(&model, &tokens, &mask);
+        let b = run(&model, &tokens2, &mask);
+        let d = common::max_abs(&a, &b);
+        assert!(
+            d < 1e-5,
+            "layers={layers}: padded tokens leak through the mask ({d})"
+        );
+        // Changing real tokens must.
+        let tokens3 = &tokens + (Tensor::ones_like(&pad) - &pad) * 0.5;
+        assert!(common::max_abs(&run(&model, &tokens3, &mask), &a) > 1e-4);
+    }
+}
+
+#[test]
+fn unmasked_cross_attention_sees_padding_like_mlmdm() {
+    // masked_cross_attention = 0 (ml-mdm's published setting): the pooled mean still uses the
+    // mask, cross-attention does not.
+    let cfg =
+        ModelConfig::from_toml_str(&small_toml("masked_cross_attention = 0", "")).expect("config");
+    let vs = VarStore::new(Device::Cpu);
+    let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    randomise(&vs);
+    let tokens = Tensor::randn([2, 6, 16], cpu());
+    let mask = Tensor::from_slice2(&[[1f32, 1., 1., 0., 0., 0.], [1., 1., 1., 1., 1., 0.]]);
+    let pad = mask.eq(0.0).unsqueeze(-1).to_kind(Kind::Float);
+    let tokens2 = &tokens + &pad * 3.0;
+    assert!(common::max_abs(&run(&model, &tokens, &mask), &run(&model, &tokens2, &mask)) > 1e-4);
+}
+
+#[test]
+fn class_conditioning_with_null_class() {
+    let cfg = ModelConfig::from_toml_str(&small_toml("", "num_classes = 10")).expect("config");
+    let vs = VarStore::new(Device::Cpu);
+    let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    assert_eq!(vs.variables()["class_emb.weight"].size(), vec![11, 16]);
+    assert_eq!(model.null_class(), Some(10));
+    randomise(&vs);
+    let x = Tensor::randn([2, 3, 8, 8], cpu());
+    let t = Tensor::from_slice(&[10i64, 900]);
+    let _g = tch::no_grad_guard();
+    let f = |labels: &[i64]| {
+        model
+            .forward(
+                &[x.shallow_clone()],
+                &t,
+                &Conditioning::Class(Tensor::from_slice(labels)),
+                &Micros::new(),
+                false,
+            )
+            .expect("forward")
+            .remove(0)
+    };
+    let a = f(&[1, 2]);
+    let b = f(&[3, 2]);
+    let null = f(&[10, 10]);
+    assert!(
+        common::max_abs(&a.get(0), &b.get(0)) > 1e-4,
+        "the class changes the prediction"
+    );
+    assert!(
+        common::max_abs(&a.get(1), &b.get(1)) < 1e-5,
+        "samples are independent"
+    );
+    assert!(common::max_abs(&a, &null) > 1e-4);
+    let err = model.forward(
+        &[x.shallow_clone()],
+        &t,
+        &Conditioning::Class(Tensor::from_slice(&[1i64])),
+        &Micros::new(),
+        false,
+    );
+    assert!(
+        matches!(err, Err(Error::Input { .. })),
+        "wrong batch is an input error"
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_errors() {
+    let e =
+        ModelConfig::from_toml_str(&small_toml("not_a_field = 1", "")).expect_err("unknown key");
+    assert!(e.to_string().contains("not_a_field"), "{e}");
+    let e = ModelConfig::from_toml_str(
+        &small_toml("", "").replace("num_groups_norm = 8", "num_groups_norm = 7"),
+    )
+    .expect_err("groups");
+    assert!(e.to_string().contains("num_groups_norm"), "{e}");
+    let e = ModelConfig::from_toml_str(&small_toml("temporal_mode = true", "")).expect_err("video");
+    assert!(e.to_string().contains("temporal"), "{e}");
+    let e = ModelConfig::from_toml_str(
+        &small_toml("", "").replace("model = \"unet\"", "model = \"nested_unet\""),
+    )
+    .expect_err("depth");
+    assert!(e.to_string().contains("inner_config"), "{e}");
+    // ml-mdm's comma strings are accepted.
+    let cfg = ModelConfig::from_toml_str(&small_toml("", "").replace(
+        "resolution_channels = [32, 32]",
+        "resolution_channels = \"32,32\"",
+    ))
+    .expect("comma string");
+    assert_eq!(cfg.top.resolution_channels, vec![32, 32]);
+    // A missing file names the file.
+    let e = ModelConfig::from_file("/nonexistent/x.toml").expect_err("missing");
+    assert!(e.to_string().contains("/nonexistent/x.toml"));
+}
+
+#[test]
+fn published_presets_and_fixture_configs_parse() {
+    let root = common::workspace_root().join("configs/models");
+    for (name, levels, scales) in [
+        ("cc12m_64x64", 1, vec![1]),
+        ("cc12m_256x256", 2, vec![4, 1]),
+        ("cc12m_1024x1024", 3, vec![16, 4, 1]),
+    ] {
+        let cfg = ModelConfig::from_file(root.join(format!("{name}.toml"))).expect(name);
+        assert_eq!(cfg.top.depth(), levels, "{name}");
+        assert_eq!(cfg.top.scales(), scales, "{name}");
+        assert!(cfg.file.diffusion_config.is_some());
+    }
+    let Some(dir) = common::mlmdm_dir("fixture configs") else {
+        return;
+    };
+    for name in ["tiny_unet", "tiny_nested_unet"] {
+        let cfg = ModelConfig::from_file(dir.join(format!("{name}_config.json"))).expect(name);
+        assert!(cfg.top.depth() >= 1);
+    }
+}
