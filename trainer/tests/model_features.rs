@@ -232,3 +232,44 @@ fn published_presets_and_fixture_configs_parse() {
         assert!(cfg.top.depth() >= 1);
     }
 }
+
+#[test]
+fn label_dropout_and_freezing() {
+    use mdm_trainer::model::drop_labels;
+    tch::manual_seed(2);
+    let labels = Tensor::arange(1000, (Kind::Int64, Device::Cpu)).remainder(7);
+    let d = drop_labels(&labels, 0.25, 7);
+    let dropped = d.eq(7).sum(Kind::Int64).int64_value(&[]);
+    assert!((150..350).contains(&dropped), "about 25% dropped, got {dropped}");
+    let kept = d.ne(7);
+    assert_eq!(d.masked_select(&kept).eq_tensor(&labels.masked_select(&kept)).all().int64_value(&[]), 1);
+    assert_eq!(drop_labels(&labels, 0.0, 7).eq_tensor(&labels).all().int64_value(&[]), 1);
+
+    let toml = r#"
+model = "nested_unet"
+[unet_config]
+resolution_channels = [8, 8]
+num_resnets_per_resolution = [1, 1]
+attention_levels = []
+num_attention_layers = [0, 0]
+temporal_dim = 32
+freeze_inner_unet = true
+resnet_config = { num_groups_norm = 4 }
+[unet_config.inner_config]
+nesting = true
+resolution_channels = [8]
+num_resnets_per_resolution = [1]
+attention_levels = []
+num_attention_layers = [0]
+skip_mid_blocks = true
+resnet_config = { num_groups_norm = 4 }
+"#;
+    let cfg = ModelConfig::from_toml_str(toml).expect("config");
+    let vs = VarStore::new(Device::Cpu);
+    let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    let n = model.apply_freeze(&vs);
+    let vars = vs.variables();
+    assert_eq!(n, vars.keys().filter(|k| k.starts_with("inner_unet.")).count());
+    assert!(n > 0);
+    assert!(vars.iter().all(|(k, v)| v.requires_grad() != k.starts_with("inner_unet.")));
+}

@@ -88,6 +88,13 @@ impl Conditioning {
     }
 }
 
+/// Classifier-free guidance training for class models: replaces each label by `null` with
+/// probability `p` (libtorch's RNG).
+pub fn drop_labels(labels: &Tensor, p: f64, null: i64) -> Tensor {
+    let keep = Tensor::rand(labels.size(), (Kind::Float, labels.device())).ge(p);
+    labels.where_self(&keep, &labels.full_like(null))
+}
+
 /// Micro-conditioning values by key (e.g. `scale`), each (B,). Missing keys use the level's
 /// default.
 pub type Micros = BTreeMap<String, Tensor>;
@@ -192,6 +199,30 @@ impl MdmUNet {
     /// Per-level scale relative to the innermost level, outermost first (`nest_ratio + [1]`).
     pub fn scales(&self) -> Vec<i64> {
         self.cfg.top.scales()
+    }
+
+    /// Applies `freeze_inner_unet` of the config: the variables of every frozen level's
+    /// inner levels stop requiring gradients. Returns how many tensors were frozen.
+    pub fn apply_freeze(&self, vs: &nn::VarStore) -> usize {
+        let mut prefixes = vec![];
+        let mut prefix = String::new();
+        let mut level = Some(&self.cfg.top);
+        while let Some(l) = level {
+            let Some(n) = &l.nested else { break };
+            prefix.push_str("inner_unet.");
+            if n.freeze_inner {
+                prefixes.push(prefix.clone());
+            }
+            level = Some(n.inner.as_ref());
+        }
+        let mut count = 0;
+        for (k, v) in vs.variables() {
+            if prefixes.iter().any(|p| k.starts_with(p.as_str())) {
+                let _ = v.set_requires_grad(false);
+                count += 1;
+            }
+        }
+        count
     }
 
     /// The unconditional class index (class-conditional models).
