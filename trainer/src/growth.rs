@@ -97,3 +97,18 @@ pub fn grow_from(vs: &VarStore, lower: &Path, added_levels: usize) -> Result<Gro
         zeroed,
     })
 }
+
+impl std::fmt::Display for GrowthReport {
+    /// One line per tensor: `loaded NAME`, `fresh NAME` (`fresh NAME (zeroed)` for adapters).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "# grown: {} loaded under {:?}, {} fresh", self.loaded.len(), self.prefix, self.fresh.len())?;
+        for k in &self.loaded {
+            writeln!(f, "loaded\t{k}")?;
+        }
+        for k in &self.fresh {
+            let z = if self.zeroed.contains(k) { " (zeroed)" } else { "" };
+            writeln!(f, "fresh\t{k}{z}")?;
+        }
+        Ok(())
+    }
+}

@@ -102,6 +102,9 @@ fn inner_prediction_unchanged_after_growth() {
         ]
     );
 
+    let text = report.to_string();
+    assert!(text.contains("loaded\tinner_unet.conv_in.weight") && text.contains("fresh\tout_adapter.weight (zeroed)"));
+
     let b = 2;
     let x_hi = Tensor::randn([b, 3, 32, 32], (Kind::Float, Device::Cpu));
     let x_lo = Tensor::randn([b, 3, 16, 16], (Kind::Float, Device::Cpu));

@@ -19,7 +19,8 @@ pub fn attend_channels_first(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&T
     let (b, c, l) = q.size3().unwrap_or((0, 0, 0));
     let s = k.size()[2];
     let ch = c / HEADS;
-    let heads = |t: &Tensor, n: i64| t.reshape([b, HEADS, ch, n]).transpose(2, 3);
+    // (B,H,N,ch) with a contiguous last dim, which the flash / memory-efficient kernels need.
+    let heads = |t: &Tensor, n: i64| t.reshape([b, HEADS, ch, n]).transpose(2, 3).contiguous();
     let m = mask.map(|m| m.view([b, 1, 1, s]).ne(0i64));
     let a = Tensor::scaled_dot_product_attention(
         &heads(q, l),
