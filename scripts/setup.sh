@@ -43,9 +43,9 @@ if [[ "$have_torch" != "$TORCH_VERSION"* ]]; then
       nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 \
     || fail "pip install torch==$TORCH_VERSION" "check PyPI access; tch 0.24 needs exactly this version"
 fi
-if ! $VPY -c "import pyarrow, numpy, safetensors" 2>/dev/null; then
+if ! $VPY -c "import pyarrow, numpy, safetensors, PIL" 2>/dev/null; then
   say "installing pyarrow, numpy, safetensors into .venv"
-  $VPY -m pip install -q --disable-pip-version-check pyarrow numpy safetensors typing_extensions filelock sympy networkx jinja2 fsspec \
+  $VPY -m pip install -q --disable-pip-version-check pyarrow numpy safetensors pillow typing_extensions filelock sympy networkx jinja2 fsspec \
     || fail "pip install pyarrow numpy safetensors" "check PyPI access"
 fi
 

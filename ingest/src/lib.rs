@@ -2,7 +2,15 @@
 //! `mdm-shards`, with precomputed T5 text embeddings.
 //!
 //! - [`t5`]: FLAN-T5 text encoder (HF checkpoints, tokenizer, ragged caption embeddings).
+//! - Images (issue 4): [`image`] decode/resize/encode, [`sources`] (ImageNet, CC12M tars and tables),
+//!   [`pipeline`] (bounded, ordered, resumable build), [`settings`], [`rejects`], [`error`].
 //!
 //! Status: the crate is laid out; sources, decode and embedding land with their issues.
 
 pub mod t5;
+pub mod error;
+pub mod image;
+pub mod pipeline;
+pub mod rejects;
+pub mod settings;
+pub mod sources;

@@ -1,0 +1,408 @@
+//! The bounded, ordered, resumable build: read → decode/resize/encode on N workers → ordered write.
+//!
+//! A source yields [`Input`]s in a deterministic order (already sliced to this `--part`).
+//! Input `seq` belongs to chunk `seq / shard_inputs`; chunk k is written by its own
+//! [`ShardWriter`] as `PREFIX-{k:05}.parquet` (no file when all its inputs were rejected) and,
+//! once that file is renamed into place, a sidecar `PREFIX-{k:05}.chunk.json` (atomic) records
+//! its shard entry, stats and rejects. A rerun after a crash skips the chunks whose sidecar
+//! exists (their inputs are read past, not decoded) and redoes the rest; the manifest and
+//! `rejects.jsonl` are written last from all sidecars, so an interrupted and an uninterrupted
+//! run leave the same bytes.
+//!
+//! Memory is bounded: a token channel admits at most `8 × threads` inputs between reader and
+//! writer, whatever the dataset size; results are reordered by `seq`, so the output does not
+//! depend on the thread count.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mdm_shards::{Body, BuildStats, ClassInfo, ImageBody, Layout, Manifest, Record, RecordKind, ShardEntry, ShardWriter, WriterOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io, Error};
+use crate::image::Processor;
+use crate::rejects::{Reject, RejectReason, RejectRecord};
+use crate::settings::{ImageSettings, Part};
+
+/// Where an input's bytes are.
+#[derive(Debug)]
+pub enum Payload {
+    /// A local file, read by the worker.
+    Path(PathBuf),
+    /// Bytes already read (tar member).
+    Bytes(Vec<u8>),
+    /// Rejected by the source before decoding (no label, bad caption, unsafe path, ...).
+    Rejected(Reject),
+}
+
+/// One input as a source yields it.
+#[derive(Debug)]
+pub struct Input {
+    pub id: String,
+    pub source: String,
+    pub label: Option<i32>,
+    pub caption: Option<String>,
+    pub payload: Payload,
+}
+
+/// Everything a build needs but its inputs.
+#[derive(Debug, Clone)]
+pub struct Build {
+    pub out: PathBuf,
+    pub kind: RecordKind,
+    pub settings: ImageSettings,
+    pub part: Option<Part>,
+    pub classes: Option<Vec<ClassInfo>>,
+    /// Resolved settings stored in the manifest (source kind, image settings, part).
+    pub manifest_settings: serde_json::Value,
+    pub threads: usize,
+    pub progress: bool,
+    /// Number of inputs of this part when known up front (for the ETA).
+    pub total: Option<u64>,
+}
+
+impl Build {
+    fn prefix(&self) -> String {
+        self.part.map_or_else(|| "shard".to_string(), |p| p.prefix())
+    }
+
+    /// Name of the manifest this build writes.
+    pub fn manifest_name(&self) -> String {
+        self.part.map_or_else(
+            || mdm_shards::MANIFEST_FILE.to_string(),
+            |p| format!("manifest.part-{}-of-{}.json", p.index, p.count),
+        )
+    }
+
+    /// Name of the rejects list this build writes.
+    pub fn rejects_name(&self) -> String {
+        self.part
+            .map_or_else(|| "rejects.jsonl".to_string(), |p| format!("rejects.part-{}-of-{}.jsonl", p.index, p.count))
+    }
+
+    fn sidecar(&self, k: u64) -> PathBuf {
+        self.out.join(format!("{}-{k:05}.chunk.json", self.prefix()))
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub stats: BuildStats,
+    pub shards: usize,
+    pub manifest: PathBuf,
+    pub rejects: PathBuf,
+    /// Chunks found complete from an earlier run and kept.
+    pub resumed_chunks: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.stats;
+        write!(f, "in {} = written {} + rejected {}", s.inputs, s.written, s.rejected_total())?;
+        if !s.rejected.is_empty() {
+            let parts: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        write!(f, "; {} shards, manifest {}", self.shards, self.manifest.display())?;
+        if self.resumed_chunks > 0 {
+            write!(f, "; {} chunks kept from an earlier run", self.resumed_chunks)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sidecar of one finished chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunkDone {
+    chunk: u64,
+    settings: serde_json::Value,
+    stats: BuildStats,
+    shards: Vec<ShardEntry>,
+    rejects: Vec<RejectRecord>,
+}
+
+enum Outcome {
+    Written(Box<Record>),
+    Rejected(RejectRecord),
+}
+
+struct OpenChunk {
+    k: u64,
+    writer: Option<ShardWriter>,
+    stats: BuildStats,
+    rejects: Vec<RejectRecord>,
+}
+
+/// Runs a build over `inputs` (this part's, in order). Errors of the iterator stop the run.
+pub fn run<I>(build: &Build, inputs: I) -> Result<Summary, Error>
+where
+    I: Iterator<Item = Result<Input, Error>> + Send,
+{
+    build.settings.validate()?;
+    let layout = Layout::new(build.kind, build.settings.resolutions()).map_err(Error::Settings)?;
+    fs::create_dir_all(&build.out).map_err(io(&build.out))?;
+    let n = build.settings.shard_inputs;
+    let threads = build.threads.max(1);
+
+    // Chunks finished by an earlier run form a prefix 0..done.
+    let mut done = 0u64;
+    loop {
+        let path = build.sidecar(done);
+        if !path.exists() {
+            break;
+        }
+        let c = read_sidecar(&path)?;
+        if c.settings != build.manifest_settings {
+            return Err(Error::Resume {
+                path,
+                msg: "it was written with other settings; use a fresh --out or the same settings".into(),
+            });
+        }
+        done += 1;
+    }
+    let first_seq = done * n;
+
+    let bar = if build.progress { ProgressBar::with_draw_target(build.total, ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(first_seq.min(build.total.unwrap_or(u64::MAX)));
+
+    let window = 8 * threads;
+    let (token_tx, token_rx) = bounded::<()>(window);
+    for _ in 0..window {
+        let _ = token_tx.send(());
+    }
+    let (in_tx, in_rx) = bounded::<(u64, Input)>(2 * threads);
+    let (out_tx, out_rx) = bounded::<(u64, Result<Outcome, Error>)>(2 * threads);
+
+    let result = std::thread::scope(|scope| -> Result<(u64, u64), Error> {
+        let reader = scope.spawn(move || read_inputs(inputs, first_seq, in_tx, token_rx));
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let (rx, tx) = (in_rx.clone(), out_tx.clone());
+            let settings = &build.settings;
+            let kind = build.kind;
+            workers.push(scope.spawn(move || work(settings, kind, rx, tx)));
+        }
+        drop(in_rx);
+        drop(out_tx);
+        let written = write_ordered(build, &layout, first_seq, out_rx, token_tx, &bar);
+        // Unblock and join everything before looking at the results.
+        let total = reader.join().map_err(|_| Error::Codec("reader thread panicked".into()))?;
+        for w in workers {
+            w.join().map_err(|_| Error::Codec("worker thread panicked".into()))?;
+        }
+        let total = total?;
+        let _ = written?;
+        Ok((total, done))
+    });
+    bar.finish_and_clear();
+    let (total, resumed) = result?;
+    finish(build, total, resumed)
+}
+
+fn read_inputs<I>(inputs: I, first_seq: u64, tx: Sender<(u64, Input)>, tokens: Receiver<()>) -> Result<u64, Error>
+where
+    I: Iterator<Item = Result<Input, Error>>,
+{
+    let mut seq = 0u64;
+    for item in inputs {
+        let item = item?;
+        if seq >= first_seq {
+            if tokens.recv().is_err() || tx.send((seq, item)).is_err() {
+                // The writer stopped (it reports why).
+                return Ok(seq);
+            }
+        }
+        seq += 1;
+    }
+    Ok(seq)
+}
+
+fn work(settings: &ImageSettings, kind: RecordKind, rx: Receiver<(u64, Input)>, tx: Sender<(u64, Result<Outcome, Error>)>) {
+    let mut processor = match Processor::new(settings) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.send((u64::MAX, Err(Error::Codec(e.to_string()))));
+            return;
+        }
+    };
+    for (seq, input) in rx {
+        let outcome = process_one(&mut processor, kind, input);
+        if tx.send((seq, Ok(outcome))).is_err() {
+            return;
+        }
+    }
+}
+
+fn process_one(processor: &mut Processor, kind: RecordKind, input: Input) -> Outcome {
+    let Input { id, source, label, caption, payload } = input;
+    let reject = |r: Reject, id: String, source: String| {
+        Outcome::Rejected(RejectRecord { source, id, reason: r.reason, detail: r.detail })
+    };
+    let bytes = match payload {
+        Payload::Rejected(r) => return reject(r, id, source),
+        Payload::Bytes(b) => b,
+        Payload::Path(p) => match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => return reject(Reject::new(RejectReason::ReadError, e.to_string()), id, source),
+        },
+    };
+    match processor.process(&bytes) {
+        Err(r) => reject(r, id, source),
+        Ok(p) => Outcome::Written(Box::new(Record {
+            id,
+            source,
+            source_sha256: mdm_shards::sha256(&bytes),
+            width: p.width,
+            height: p.height,
+            caption: if kind.has_text() { caption } else { None },
+            text: None,
+            body: Body::Image(ImageBody { label, crop_box: p.crop_box, jpegs: p.jpegs }),
+        })),
+    }
+}
+
+fn write_ordered(
+    build: &Build,
+    layout: &Layout,
+    first_seq: u64,
+    rx: Receiver<(u64, Result<Outcome, Error>)>,
+    tokens: Sender<()>,
+    bar: &ProgressBar,
+) -> Result<(), Error> {
+    let n = build.settings.shard_inputs;
+    let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
+    let mut next = first_seq;
+    let mut chunk: Option<OpenChunk> = None;
+    for (seq, outcome) in rx {
+        pending.insert(seq, outcome?);
+        while let Some(outcome) = pending.remove(&next) {
+            let k = next / n;
+            let c = match chunk.take() {
+                Some(c) => c,
+                None => open_chunk(build, layout, k)?,
+            };
+            let c = chunk.insert(c);
+            match outcome {
+                Outcome::Written(record) => {
+                    c.stats.inputs += 1;
+                    c.stats.written += 1;
+                    if let Some(w) = c.writer.as_mut() {
+                        w.write(*record)?;
+                    }
+                }
+                Outcome::Rejected(r) => {
+                    c.stats.inputs += 1;
+                    c.stats.reject(r.reason.as_str());
+                    c.rejects.push(r);
+                }
+            }
+            if next % n == n - 1 {
+                if let Some(c) = chunk.take() {
+                    close_chunk(build, c)?;
+                }
+            }
+            next += 1;
+            bar.inc(1);
+            let _ = tokens.send(());
+        }
+    }
+    if let Some(c) = chunk.take() {
+        close_chunk(build, c)?;
+    }
+    Ok(())
+}
+
+fn open_chunk(build: &Build, layout: &Layout, k: u64) -> Result<OpenChunk, Error> {
+    let first_index = u32::try_from(k).map_err(|_| Error::Settings(format!("chunk index {k} too large")))?;
+    let opts = WriterOptions {
+        prefix: build.prefix(),
+        first_index,
+        max_shard_bytes: u64::MAX,
+        max_shard_rows: None,
+        ..WriterOptions::default()
+    };
+    let writer = ShardWriter::try_new(&build.out, layout.clone(), opts)?;
+    Ok(OpenChunk { k, writer: Some(writer), stats: BuildStats::default(), rejects: Vec::new() })
+}
+
+fn close_chunk(build: &Build, mut c: OpenChunk) -> Result<(), Error> {
+    let shards = match c.writer.take() {
+        Some(w) => w.close()?,
+        None => Vec::new(),
+    };
+    let done = ChunkDone { chunk: c.k, settings: build.manifest_settings.clone(), stats: c.stats, shards, rejects: c.rejects };
+    let path = build.sidecar(c.k);
+    let json = serde_json::to_vec(&done).map_err(|e| Error::Source { path: path.clone(), msg: e.to_string() })?;
+    write_atomic(&path, &json)
+}
+
+fn read_sidecar(path: &Path) -> Result<ChunkDone, Error> {
+    let text = fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&text).map_err(|e| Error::Resume { path: path.to_path_buf(), msg: e.to_string() })
+}
+
+/// Writes `path` through a temporary file, fsync and rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+/// Manifest and rejects list from all sidecars of this part.
+fn finish(build: &Build, total: u64, resumed: u64) -> Result<Summary, Error> {
+    let layout = Layout::new(build.kind, build.settings.resolutions()).map_err(Error::Settings)?;
+    let n = build.settings.shard_inputs;
+    let chunks = total.div_ceil(n);
+    let mut manifest = Manifest::new(&layout, None);
+    manifest.classes = build.classes.clone();
+    manifest.settings = Some(build.manifest_settings.clone());
+    let mut rejects = Vec::new();
+    for k in 0..chunks {
+        let path = build.sidecar(k);
+        let c = read_sidecar(&path)?;
+        if c.chunk != k {
+            return Err(Error::Resume { path, msg: format!("sidecar says chunk {}", c.chunk) });
+        }
+        for s in &c.shards {
+            if !build.out.join(&s.file).exists() {
+                return Err(Error::Resume { path: build.out.join(&s.file), msg: "shard listed in its sidecar is missing".into() });
+            }
+        }
+        manifest.shards.extend(c.shards);
+        manifest.stats.add(&c.stats);
+        for r in &c.rejects {
+            let line = serde_json::to_string(r).map_err(|e| Error::Source { path: path.clone(), msg: e.to_string() })?;
+            rejects.extend_from_slice(line.as_bytes());
+            rejects.push(b'\n');
+        }
+    }
+    if manifest.stats.inputs != total {
+        return Err(Error::Resume {
+            path: build.out.clone(),
+            msg: format!("sidecars account for {} inputs, the source has {total}", manifest.stats.inputs),
+        });
+    }
+    let rejects_path = build.out.join(build.rejects_name());
+    write_atomic(&rejects_path, &rejects)?;
+    let manifest_path = manifest.write_as(&build.out, &build.manifest_name())?;
+    Ok(Summary {
+        shards: manifest.shards.len(),
+        stats: manifest.stats,
+        manifest: manifest_path,
+        rejects: rejects_path,
+        resumed_chunks: resumed,
+    })
+}

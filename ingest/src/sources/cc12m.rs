@@ -1,0 +1,363 @@
+//! CC12M (and any captioned image set) in the two forms users have:
+//!
+//! - img2dataset's webdataset output: `00000.tar`, … holding `KEY.jpg`, `KEY.txt`, `KEY.json`
+//!   (its `.parquet`/`_stats.json` sidecars are ignored). `--src` is a folder of tars, a brace
+//!   pattern (`cc12m/{00000..01242}.tar`) or one tar. A sample is the run of consecutive
+//!   members sharing a key (webdataset grouping); `--part I/N` takes every N-th tar.
+//! - a table of (image path or url, caption): `.tsv`, `.csv` (header optional; columns named
+//!   `url`/`image`/`path`/`filepath` and `caption`/`text`, else the first two) or `.parquet`.
+//!   Relative paths are under `--image-root` (default: the table's folder). Nothing is
+//!   downloaded: a url is looked up under the image root as `HOST/PATH` and as its file name,
+//!   and rejected as `not-downloaded` when neither exists. `--part I/N` takes every N-th row.
+//!
+//! Captions are checked as UTF-8 and whitespace-normalised (`bad-caption` otherwise). Shards
+//! are `text-image` without embeddings until the T5 step fills them.
+
+use std::fs;
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::Sender;
+use mdm_shards::RecordKind;
+
+use super::tar::{expand_braces, is_safe_name, member_name, open, produced, tars_in};
+use super::RunOptions;
+use crate::error::{io, Error};
+use crate::pipeline::{self, Build, Input, Payload, Summary};
+use crate::rejects::{normalize_caption, Reject, RejectReason};
+use crate::settings::ImageSettings;
+
+/// Where the data is.
+#[derive(Debug, Clone)]
+pub struct Cc12mOptions {
+    /// Folder of tars, brace pattern, one tar, or a table file.
+    pub src: String,
+    /// Root of relative image paths of a table.
+    pub image_root: Option<PathBuf>,
+}
+
+const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+/// Scans and ingests.
+pub fn ingest(opts: &Cc12mOptions, settings: &ImageSettings, run: &RunOptions) -> Result<Summary, Error> {
+    settings.validate()?;
+    let src = Path::new(&opts.src);
+    let ext = src.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let mut ms = serde_json::json!({ "source": "cc12m", "image": settings });
+    if let (Some(p), Some(o)) = (run.part, ms.as_object_mut()) {
+        o.insert("part".into(), serde_json::json!(p));
+    }
+    let build = Build {
+        out: run.out.clone(),
+        kind: RecordKind::TextImage,
+        settings: settings.clone(),
+        part: run.part,
+        classes: None,
+        manifest_settings: ms,
+        threads: run.threads(),
+        progress: run.progress,
+        total: None,
+    };
+    if !opts.src.contains('{') && matches!(ext.as_str(), "tsv" | "csv" | "parquet") {
+        let root = opts.image_root.clone().unwrap_or_else(|| src.parent().map(Path::to_path_buf).unwrap_or_default());
+        let rows = read_table(src)?;
+        let mine: Vec<(u64, Row)> = rows.into_iter().enumerate().map(|(i, r)| (i as u64, r)).filter(|(i, _)| run.owns(*i)).collect();
+        let build = Build { total: Some(mine.len() as u64), ..build };
+        let table = src.to_path_buf();
+        let inputs = mine.into_iter().map(move |(i, row)| Ok(table_input(&table, &root, i, row)));
+        return pipeline::run(&build, inputs);
+    }
+    let tars: Vec<PathBuf> = if opts.src.contains('{') {
+        expand_braces(&opts.src)?.into_iter().map(PathBuf::from).collect()
+    } else if src.is_dir() {
+        tars_in(src)?
+    } else {
+        vec![src.to_path_buf()]
+    };
+    if tars.is_empty() {
+        return Err(Error::Source { path: src.to_path_buf(), msg: "no .tar files".into() });
+    }
+    for t in &tars {
+        if !t.is_file() {
+            return Err(Error::Source { path: t.clone(), msg: "tar not found".into() });
+        }
+    }
+    let mine: Vec<PathBuf> = tars.into_iter().enumerate().filter(|(u, _)| run.owns(*u as u64)).map(|(_, t)| t).collect();
+    let inputs = produced(move |tx| {
+        for t in &mine {
+            if !read_tar(t, tx)? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    });
+    pipeline::run(&build, inputs)
+}
+
+/// Members of one sample, in tar order.
+struct Sample {
+    key: String,
+    members: Vec<(String, Result<Vec<u8>, String>)>,
+}
+
+/// Streams one webdataset tar; returns false when the consumer is gone.
+fn read_tar(path: &Path, tx: &Sender<Result<Input, Error>>) -> Result<bool, Error> {
+    let tar_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut archive = open(path)?;
+    let entries = archive.entries().map_err(io(path))?;
+    let mut current: Option<Sample> = None;
+    let send = |input: Input| tx.send(Ok(input)).is_ok();
+    for e in entries {
+        let mut e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                // A broken header ends what can be read of this tar; what was read counts.
+                if let Some(s) = current.take() {
+                    if !send(sample_input(&tar_name, s)) {
+                        return Ok(false);
+                    }
+                }
+                let r = Reject::new(RejectReason::ReadError, format!("tar stops here: {err}"));
+                let input = Input { id: format!("{tar_name}:?"), source: format!("{tar_name}:?"), label: None, caption: None, payload: Payload::Rejected(r) };
+                return Ok(send(input));
+            }
+        };
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let name = member_name(&e);
+        if !is_safe_name(&name) {
+            let r = Reject::new(RejectReason::UnsafePath, "absolute or .. member name; never written");
+            let input = Input { id: name.clone(), source: format!("{tar_name}:{name}"), label: None, caption: None, payload: Payload::Rejected(r) };
+            if !send(input) {
+                return Ok(false);
+            }
+            continue;
+        }
+        let (dir, base) = name.rsplit_once('/').map_or(("", name.as_str()), |(d, b)| (d, b));
+        let (stem, _) = base.split_once('.').unwrap_or((base, ""));
+        let key = if dir.is_empty() { stem.to_string() } else { format!("{dir}/{stem}") };
+        let mut buf = Vec::with_capacity(e.size() as usize);
+        let data = e.read_to_end(&mut buf).map(|_| buf).map_err(|err| err.to_string());
+        if current.as_ref().is_some_and(|s| s.key != key) {
+            if let Some(s) = current.take() {
+                if !send(sample_input(&tar_name, s)) {
+                    return Ok(false);
+                }
+            }
+        }
+        current.get_or_insert_with(|| Sample { key: key.clone(), members: Vec::new() }).members.push((name, data));
+    }
+    if let Some(s) = current.take() {
+        if !send(sample_input(&tar_name, s)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn sample_input(tar_name: &str, s: Sample) -> Input {
+    let ext_of = |n: &str| n.rsplit('/').next().and_then(|b| b.split_once('.')).map(|(_, e)| e.to_lowercase()).unwrap_or_default();
+    let image = s.members.iter().find(|(n, _)| IMAGE_EXTS.contains(&ext_of(n).as_str()));
+    let text = s.members.iter().find(|(n, _)| ext_of(n) == "txt");
+    let source = format!("{tar_name}:{}", image.map_or(s.key.as_str(), |(n, _)| n.as_str()));
+    let mut input = Input { id: s.key.clone(), source, label: None, caption: None, payload: Payload::Rejected(Reject::new(RejectReason::Internal, "")) };
+    let caption = match text {
+        None => Err(Reject::new(RejectReason::BadCaption, "no .txt member")),
+        Some((_, Err(e))) => Err(Reject::new(RejectReason::ReadError, format!("caption member: {e}"))),
+        Some((_, Ok(b))) => normalize_caption(b),
+    };
+    input.payload = match (image, caption) {
+        (None, _) => Payload::Rejected(Reject::new(
+            RejectReason::MissingImage,
+            format!("no image member among {:?}", s.members.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()),
+        )),
+        (Some((_, Err(e))), _) => Payload::Rejected(Reject::new(RejectReason::ReadError, e.clone())),
+        (_, Err(r)) => Payload::Rejected(r),
+        (Some((_, Ok(bytes))), Ok(c)) => {
+            input.caption = Some(c);
+            Payload::Bytes(bytes.clone())
+        }
+    };
+    input
+}
+
+/// One table row: image path or url, raw caption bytes.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub image: Option<String>,
+    pub caption: Option<Vec<u8>>,
+}
+
+fn table_input(table: &Path, root: &Path, i: u64, row: Row) -> Input {
+    let tname = table.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let id = format!("{i:09}");
+    let image = row.image.unwrap_or_default();
+    let source = if image.is_empty() { format!("{tname}:row {}", i + 1) } else { image.clone() };
+    let mut input = Input { id, source, label: None, caption: None, payload: Payload::Rejected(Reject::new(RejectReason::Internal, "")) };
+    let caption = match row.caption {
+        None => Err(Reject::new(RejectReason::BadCaption, format!("{tname}: row {}: no caption", i + 1))),
+        Some(b) => normalize_caption(&b),
+    };
+    let path = if image.is_empty() {
+        Err(Reject::new(RejectReason::MissingImage, format!("{tname}: row {}: no image path", i + 1)))
+    } else if let Some(rest) = image.strip_prefix("http://").or_else(|| image.strip_prefix("https://")) {
+        let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+        let base = rest.rsplit('/').next().unwrap_or(rest);
+        [root.join(rest), root.join(base)]
+            .into_iter()
+            .find(|p| is_safe_name(rest) && p.is_file())
+            .ok_or_else(|| Reject::new(RejectReason::NotDownloaded, format!("no local file for the url under {}", root.display())))
+    } else {
+        let p = Path::new(&image);
+        Ok(if p.is_absolute() { p.to_path_buf() } else { root.join(p) })
+    };
+    input.payload = match (path, caption) {
+        (Err(r), _) | (_, Err(r)) => Payload::Rejected(r),
+        (Ok(p), Ok(c)) => {
+            input.caption = Some(c);
+            Payload::Path(p)
+        }
+    };
+    input
+}
+
+const IMAGE_COLS: [&str; 6] = ["url", "image", "path", "filepath", "image_path", "file"];
+const CAPTION_COLS: [&str; 3] = ["caption", "text", "txt"];
+
+/// Reads a TSV/CSV/Parquet table into rows (the table is small next to its images).
+pub fn read_table(path: &Path) -> Result<Vec<Row>, Error> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if ext == "parquet" {
+        return read_parquet_table(path);
+    }
+    let sep = if ext == "tsv" { b'\t' } else { b',' };
+    let f = fs::File::open(path).map_err(io(path))?;
+    let records = split_records(std::io::BufReader::new(f), sep, path)?;
+    let mut it = records.into_iter().peekable();
+    let (mut ci, mut cc) = (0usize, 1usize);
+    if let Some(first) = it.peek() {
+        let lower: Vec<String> = first.iter().map(|f| String::from_utf8_lossy(f).trim().to_lowercase()).collect();
+        let i = lower.iter().position(|c| IMAGE_COLS.contains(&c.as_str()));
+        let c = lower.iter().position(|c| CAPTION_COLS.contains(&c.as_str()));
+        if let (Some(i), Some(c)) = (i, c) {
+            (ci, cc) = (i, c);
+            it.next();
+        }
+    }
+    Ok(it
+        .map(|fields| Row {
+            image: fields.get(ci).map(|b| String::from_utf8_lossy(b).trim().to_string()),
+            caption: fields.get(cc).cloned(),
+        })
+        .collect())
+}
+
+/// Splits delimited text into records of raw fields; `"` quotes (with `""` escapes and
+/// embedded newlines) are honoured for CSV, and for TSV only when a field starts with one.
+fn split_records<R: BufRead>(mut r: R, sep: u8, path: &Path) -> Result<Vec<Vec<Vec<u8>>>, Error> {
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    let mut field = Vec::new();
+    let mut in_quotes = false;
+    let mut at_start = true;
+    let mut row = 0u64;
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line).map_err(|e| Error::Table { path: path.into(), row: row + 1, msg: e.to_string() })?;
+        if n == 0 {
+            if in_quotes {
+                return Err(Error::Table { path: path.into(), row: row + 1, msg: "unterminated quote".into() });
+            }
+            break;
+        }
+        let mut i = 0;
+        while i < line.len() {
+            let b = line[i];
+            if in_quotes {
+                if b == b'"' {
+                    if line.get(i + 1) == Some(&b'"') {
+                        field.push(b'"');
+                        i += 1;
+                    } else {
+                        in_quotes = false;
+                    }
+                } else {
+                    field.push(b);
+                }
+            } else if b == b'"' && at_start {
+                in_quotes = true;
+            } else if b == sep {
+                fields.push(std::mem::take(&mut field));
+                at_start = true;
+                i += 1;
+                continue;
+            } else if b == b'\n' || (b == b'\r' && line.get(i + 1) == Some(&b'\n')) {
+                // end of record
+            } else {
+                field.push(b);
+            }
+            at_start = false;
+            i += 1;
+        }
+        if !in_quotes {
+            fields.push(std::mem::take(&mut field));
+            at_start = true;
+            row += 1;
+            let record = std::mem::take(&mut fields);
+            if !(record.len() == 1 && record[0].is_empty()) {
+                out.push(record);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_parquet_table(path: &Path) -> Result<Vec<Row>, Error> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::DataType;
+    let f = fs::File::open(path).map_err(io(path))?;
+    let bad = |msg: String| Error::Table { path: path.into(), row: 0, msg };
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(e.to_string()))?;
+    let schema = builder.schema().clone();
+    let find = |names: &[&str]| schema.fields().iter().position(|f| names.contains(&f.name().to_lowercase().as_str()));
+    let ci = find(&IMAGE_COLS).ok_or_else(|| bad(format!("no image column (one of {IMAGE_COLS:?})")))?;
+    let cc = find(&CAPTION_COLS).ok_or_else(|| bad(format!("no caption column (one of {CAPTION_COLS:?})")))?;
+    let reader = builder.build().map_err(|e| bad(e.to_string()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let col = |i: usize| -> Result<Vec<Option<Vec<u8>>>, Error> {
+            let a = batch.column(i);
+            Ok(match a.data_type() {
+                DataType::Utf8 => a.as_string::<i32>().iter().map(|v| v.map(|s| s.as_bytes().to_vec())).collect(),
+                DataType::LargeUtf8 => a.as_string::<i64>().iter().map(|v| v.map(|s| s.as_bytes().to_vec())).collect(),
+                DataType::Binary => a.as_binary::<i32>().iter().map(|v| v.map(<[u8]>::to_vec)).collect(),
+                t => return Err(bad(format!("column {} has type {t}, expected a string", schema.field(i).name()))),
+            })
+        };
+        let (imgs, caps) = (col(ci)?, col(cc)?);
+        for (img, cap) in imgs.into_iter().zip(caps) {
+            rows.push(Row { image: img.map(|b| String::from_utf8_lossy(&b).trim().to_string()), caption: cap });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_and_tsv() {
+        let csv = b"image,caption\na.jpg,\"a cat, \"\"quoted\"\"\nover lines\"\nb.jpg,plain\n";
+        let recs = split_records(&csv[..], b',', Path::new("t.csv")).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[1][1], b"a cat, \"quoted\"\nover lines".to_vec());
+        let tsv = b"http://x/a.jpg\ta dog\r\nb.jpg\tb\n";
+        let recs = split_records(&tsv[..], b'\t', Path::new("t.tsv")).unwrap();
+        assert_eq!(recs[0], vec![b"http://x/a.jpg".to_vec(), b"a dog".to_vec()]);
+        assert_eq!(recs[1][1], b"b".to_vec());
+    }
+}
