@@ -22,6 +22,11 @@ enum Command {
     /// Inspect a (Nested)UNet config, run one forward pass of a (converted ml-mdm) checkpoint.
     #[command(subcommand)]
     Model(cmd::model::ModelCmd),
+    /// T5 text encoder: encode caption lines to a safetensors file (ids, mask, hidden states).
+    #[command(subcommand)]
+    T5(cmd::t5::T5Cmd),
+    /// Write a seeded random (untrained) tiny T5 and tokenizer.json, for demos and tests.
+    MakeTinyT5(cmd::make_tiny_t5::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +35,8 @@ fn main() -> std::process::ExitCode {
         Command::Shards(c) => cmd::shards::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Model(c) => cmd::model::run(c),
+        Command::T5(c) => cmd::t5::run(c),
+        Command::MakeTinyT5(a) => cmd::make_tiny_t5::run(a),
     };
     match result {
         Ok(code) => code,
