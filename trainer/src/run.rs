@@ -14,10 +14,7 @@ use crate::weights;
 /// The parameter table in the form of the reference `keys_*.tsv`:
 /// `name<TAB>shape<TAB>numel` sorted by name, then `# total_params=N entries=M`.
 pub fn params_table(cfg: &ModelConfig) -> Result<String> {
-    let _g = tch::no_grad_guard();
-    let vs = VarStore::new(Device::Cpu);
-    let _model = MdmUNet::new(&vs.root(), cfg)?;
-    let rows = weights::parameter_table(&vs);
+    let rows = crate::model::parameter_shapes(cfg)?;
     let mut out = String::new();
     let mut total = 0i64;
     for (name, shape, n) in &rows {

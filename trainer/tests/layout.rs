@@ -6,8 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use mdm_trainer::{config::ModelConfig, model::MdmUNet, weights::parameter_table};
-use tch::{nn::VarStore, Device};
+use mdm_trainer::config::ModelConfig;
 
 fn check(name: &str, expected_entries: usize, expected_total: i64) {
     let Some(dir) = common::mlmdm_dir(name) else {
@@ -48,10 +47,8 @@ fn check(name: &str, expected_entries: usize, expected_total: i64) {
         common::workspace_root().join(format!("configs/models/{name}.toml")),
     )
     .expect("config");
-    let vs = VarStore::new(Device::Cpu);
-    let _no_grad = tch::no_grad_guard();
-    let _model = MdmUNet::new(&vs.root(), &cfg).expect("model");
-    let got: BTreeMap<String, Vec<i64>> = parameter_table(&vs)
+    let got: BTreeMap<String, Vec<i64>> = mdm_trainer::model::parameter_shapes(&cfg)
+        .expect("model")
         .into_iter()
         .map(|(k, s, _)| (k, s))
         .collect();

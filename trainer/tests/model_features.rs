@@ -273,3 +273,16 @@ resnet_config = { num_groups_norm = 4 }
     assert!(n > 0);
     assert!(vars.iter().all(|(k, v)| v.requires_grad() != k.starts_with("inner_unet.")));
 }
+
+#[test]
+fn parameter_shapes_builds_fast_and_leaves_normal_init_alone() {
+    let cfg = ModelConfig::from_toml_str(&small_toml("", "")).expect("config");
+    let rows = mdm_trainer::model::parameter_shapes(&cfg).expect("shapes");
+    let vs = VarStore::new(Device::Cpu);
+    let _m = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    let table = mdm_trainer::weights::parameter_table(&vs);
+    assert_eq!(rows, table, "same names and shapes either way");
+    let w = &vs.variables()["conv_in.weight"];
+    assert!(w.abs().sum(Kind::Float).double_value(&[]) > 0.0, "random init after parameter_shapes");
+    assert_eq!(vs.variables()["conv_out.weight"].abs().sum(Kind::Float).double_value(&[]), 0.0, "conv_out starts at zero as in ml-mdm");
+}

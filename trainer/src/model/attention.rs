@@ -75,20 +75,20 @@ impl SelfAttention {
         let cond = (cond_dim > 0).then(|| {
             (
                 nn::layer_norm(p / "norm_cond", vec![cond_dim], Default::default()),
-                nn::linear(p / "kv_cond", cond_dim, 2 * channels, Default::default()),
+                nn::linear(p / "kv_cond", cond_dim, 2 * channels, super::lin()),
             )
         });
         let ffn = use_ffn.then(|| {
             let f = p / "ffn";
             (
                 group_norm(&(&f / 0), ATTN_GROUPS, channels),
-                nn::conv2d(&f / 1, channels, 4 * channels, 1, Default::default()),
+                nn::conv2d(&f / 1, channels, 4 * channels, 1, super::conv1x1()),
                 zero_conv(&(&f / 3), 4 * channels, channels, 1, 0),
             )
         });
         SelfAttention {
             norm: group_norm(&(p / "norm"), ATTN_GROUPS, channels),
-            qkv: nn::conv2d(p / "qkv", channels, 3 * channels, 1, Default::default()),
+            qkv: nn::conv2d(p / "qkv", channels, 3 * channels, 1, super::conv1x1()),
             cond,
             proj_out: zero_conv(&(p / "proj_out"), channels, channels, 1, 0),
             ffn,
@@ -137,10 +137,10 @@ impl TextSelfAttention {
         let m = p / "mlp" / "main";
         TextSelfAttention {
             norm: nn::layer_norm(&a / "norm", vec![dim], Default::default()),
-            qkv: nn::linear(&a / "qkv", dim, 3 * dim, Default::default()),
+            qkv: nn::linear(&a / "qkv", dim, 3 * dim, super::lin()),
             proj_out: nn::linear(&a / "proj_out", dim, dim, zero_linear()),
             mlp_norm: nn::layer_norm(&m / 0, vec![dim], Default::default()),
-            mlp_in: nn::linear(&m / 1, dim, 4 * dim, Default::default()),
+            mlp_in: nn::linear(&m / 1, dim, 4 * dim, super::lin()),
             mlp_out: nn::linear(&m / 3, 4 * dim, dim, zero_linear()),
         }
     }

@@ -32,11 +32,11 @@ impl TimeMlp {
     /// `p / name1` and `p / name2` are the two layers (`temb_layer1/2` or `cond_layers.<key>.0/1`).
     pub fn new(l1: nn::Path, l2: nn::Path, temporal_dim: i64, zero_last: bool) -> Self {
         let freqs = sinusoid_freqs(temporal_dim, l1.device());
-        let layer1 = nn::linear(l1, temporal_dim / 4, temporal_dim, Default::default());
+        let layer1 = nn::linear(l1, temporal_dim / 4, temporal_dim, super::lin());
         let cfg2 = if zero_last {
             super::zero_linear()
         } else {
-            Default::default()
+            super::lin()
         };
         let layer2 = nn::linear(l2, temporal_dim, temporal_dim, cfg2);
         TimeMlp {

@@ -128,22 +128,61 @@ pub(crate) fn group_norm(p: &nn::Path, groups: i64, channels: i64) -> nn::GroupN
     nn::group_norm(p, groups, channels, Default::default())
 }
 
+thread_local! {
+    /// While set, layers that would be randomly initialised are built with zeros instead
+    /// (see [`parameter_shapes`]): building a 480M model then costs a memset, not minutes of
+    /// random number generation.
+    static ZERO_INIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn zero_init() -> bool {
+    ZERO_INIT.with(|z| z.get())
+}
+
+/// Default linear config (PyTorch-like Kaiming uniform), or zeros in [`parameter_shapes`].
+pub(crate) fn lin() -> nn::LinearConfig {
+    if zero_init() { zero_linear() } else { Default::default() }
+}
+
+/// 1×1 conv config.
+pub(crate) fn conv1x1() -> nn::ConvConfig {
+    if zero_init() {
+        nn::ConvConfig { ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), ..Default::default() }
+    } else {
+        Default::default()
+    }
+}
+
 /// 3×3 conv, padding 1; `zero` for layers ml-mdm zero-initialises.
 pub(crate) fn conv3(p: &nn::Path, cin: i64, cout: i64, stride: i64, zero: bool) -> nn::Conv2D {
-    if zero {
-        return zero_conv(p, cin, cout, 3, 1);
-    }
-    nn::conv2d(
-        p,
-        cin,
-        cout,
-        3,
-        nn::ConvConfig {
+    if zero || zero_init() {
+        let cfg = nn::ConvConfig {
             padding: 1,
             stride,
+            ws_init: nn::Init::Const(0.0),
+            bs_init: nn::Init::Const(0.0),
             ..Default::default()
-        },
-    )
+        };
+        return nn::conv2d(p, cin, cout, 3, cfg);
+    }
+    nn::conv2d(p, cin, cout, 3, nn::ConvConfig { padding: 1, stride, ..Default::default() })
+}
+
+/// The parameter table of the model a config builds: (name, shape, numel), sorted by name.
+/// The model is built with zero weights (fast) and dropped.
+pub fn parameter_shapes(cfg: &ModelConfig) -> Result<Vec<(String, Vec<i64>, i64)>> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ZERO_INIT.with(|z| z.set(false));
+        }
+    }
+    let _g = tch::no_grad_guard();
+    ZERO_INIT.with(|z| z.set(true));
+    let _reset = Reset;
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let _model = MdmUNet::new(&vs.root(), cfg)?;
+    Ok(crate::weights::parameter_table(&vs))
 }
 
 pub(crate) fn zero_conv(p: &nn::Path, cin: i64, cout: i64, k: i64, padding: i64) -> nn::Conv2D {

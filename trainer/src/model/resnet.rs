@@ -31,10 +31,10 @@ impl ResNet {
         ResNet {
             norm1: group_norm(&(p / "norm1"), groups, cin),
             conv1: conv3(&(p / "conv1"), cin, cout, 1, false),
-            time_layer: nn::linear(p / "time_layer", temporal_dim, 2 * cout, Default::default()),
+            time_layer: nn::linear(p / "time_layer", temporal_dim, 2 * cout, super::lin()),
             norm2: group_norm(&(p / "norm2"), groups, cout),
             conv2: conv3(&(p / "conv2"), cout, cout, 1, true),
-            conv3: (cin != cout).then(|| nn::conv2d(p / "conv3", cin, cout, 1, Default::default())),
+            conv3: (cin != cout).then(|| nn::conv2d(p / "conv3", cin, cout, 1, super::conv1x1())),
             dropout,
         }
     }

@@ -161,7 +161,7 @@ impl UNetLevel {
                 p / "lm_proj",
                 s.input_cond_dim,
                 s.cond_dim,
-                Default::default(),
+                super::lin(),
             )
         });
         let lm_head = (0..s.lm_head_layers)
