@@ -14,8 +14,17 @@ fn mdm() -> Command {
 fn make_tiny_t5_then_encode() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny-t5");
-    let out = mdm().arg("make-tiny-t5").arg(&model).args(["--seed", "3"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mdm()
+        .arg("make-tiny-t5")
+        .arg(&model)
+        .args(["--seed", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("UNTRAINED"));
 
     let captions = tmp.path().join("captions.txt");
@@ -38,8 +47,15 @@ fn make_tiny_t5_then_encode() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("4 captions") && stdout.contains("1 truncated"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 captions") && stdout.contains("1 truncated"),
+        "{stdout}"
+    );
 
     let ck = Checkpoint::open_file(&file).unwrap();
     let ids = ck.read("input_ids").unwrap().unwrap();
@@ -49,7 +65,11 @@ fn make_tiny_t5_then_encode() {
     assert_eq!(hs.size(), [4, 16, 64]);
     assert_eq!(hs.kind(), Kind::Float);
 
-    let opts = EncodeOptions { max_tokens: 16, device: T5Device::Cpu, ..Default::default() };
+    let opts = EncodeOptions {
+        max_tokens: 16,
+        device: T5Device::Cpu,
+        ..Default::default()
+    };
     let mut te = TextEncoder::from_dir(&model, opts).unwrap();
     for (i, e) in te.encode(&lines).unwrap().into_iter().enumerate() {
         let e = e.unwrap();
@@ -62,7 +82,14 @@ fn make_tiny_t5_then_encode() {
         let got = hs.get(i as i64).narrow(0, 0, n);
         let want = Tensor::from_slice(&e.states).view([n, 64]);
         assert!(got.equal(&want), "caption {i}: states differ");
-        assert_eq!(hs.get(i as i64).narrow(0, n, 16 - n).abs().sum(Kind::Double).double_value(&[]), 0.0);
+        assert_eq!(
+            hs.get(i as i64)
+                .narrow(0, n, 16 - n)
+                .abs()
+                .sum(Kind::Double)
+                .double_value(&[]),
+            0.0
+        );
     }
 }
 

@@ -45,7 +45,12 @@ fn config(name: &str) -> T5Config {
 }
 
 /// Runs `rows` in batches of `batch`, each padded to `pad(batch_rows)`; returns seconds.
-fn run(enc: &T5Encoder, rows: &[Vec<i64>], batch: usize, pad: &dyn Fn(&[&Vec<i64>]) -> usize) -> f64 {
+fn run(
+    enc: &T5Encoder,
+    rows: &[Vec<i64>],
+    batch: usize,
+    pad: &dyn Fn(&[&Vec<i64>]) -> usize,
+) -> f64 {
     let t0 = Instant::now();
     for chunk in rows.chunks(batch) {
         let refs: Vec<&Vec<i64>> = chunk.iter().collect();
@@ -54,7 +59,9 @@ fn run(enc: &T5Encoder, rows: &[Vec<i64>], batch: usize, pad: &dyn Fn(&[&Vec<i64
         let mut mask = vec![0i64; chunk.len() * t];
         for (r, row) in chunk.iter().enumerate() {
             ids[r * t..r * t + row.len()].copy_from_slice(row);
-            mask[r * t..r * t + row.len()].iter_mut().for_each(|m| *m = 1);
+            mask[r * t..r * t + row.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1);
         }
         let b = chunk.len() as i64;
         let ids = Tensor::from_slice(&ids).view([b, t as i64]);
@@ -76,15 +83,19 @@ fn main() {
     let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
     vs.set_kind(Kind::Float);
     let mut enc = T5Encoder::new(&vs.root(), &cfg).expect("build");
-    enc.load(&Checkpoint::open(&dir).expect("open")).expect("load");
+    enc.load(&Checkpoint::open(&dir).expect("open"))
+        .expect("load");
 
     let mut rng = Rng(1);
     let rows: Vec<Vec<i64>> = (0..n)
         .map(|_| {
-            let len = (16.0 * (0.6 * rng.normal()).exp()).round().clamp(2.0, 200.0) as usize;
+            let len = (16.0 * (0.6 * rng.normal()).exp())
+                .round()
+                .clamp(2.0, 200.0) as usize;
             let len = len.min(128);
-            let mut r: Vec<i64> =
-                (0..len - 1).map(|_| 3 + (rng.next() % (cfg.vocab_size as u64 - 3)) as i64).collect();
+            let mut r: Vec<i64> = (0..len - 1)
+                .map(|_| 3 + (rng.next() % (cfg.vocab_size as u64 - 3)) as i64)
+                .collect();
             r.push(1);
             r
         })
@@ -105,16 +116,28 @@ fn main() {
     run(&enc, &rows[..batch.min(n)], batch, &|_| 128);
 
     let pad128 = run(&enc, &rows, batch, &|_| 128);
-    let batch_max = run(&enc, &rows, batch, &|c| c.iter().map(|r| r.len()).max().unwrap_or(1));
+    let batch_max = run(&enc, &rows, batch, &|c| {
+        c.iter().map(|r| r.len()).max().unwrap_or(1)
+    });
     let mut sorted = Vec::with_capacity(n);
     for w in rows.chunks(1024) {
         let mut w = w.to_vec();
         w.sort_by_key(Vec::len);
         sorted.extend(w);
     }
-    let len_sorted = run(&enc, &sorted, batch, &|c| c.iter().map(|r| r.len()).max().unwrap_or(1));
-    for (name, s) in [("padded-128", pad128), ("batch-max", batch_max), ("length-sorted (window 1024)", len_sorted)] {
-        println!("{name:>28}: {:>9.0} real tokens/s  ({:.2} s)", real as f64 / s, s);
+    let len_sorted = run(&enc, &sorted, batch, &|c| {
+        c.iter().map(|r| r.len()).max().unwrap_or(1)
+    });
+    for (name, s) in [
+        ("padded-128", pad128),
+        ("batch-max", batch_max),
+        ("length-sorted (window 1024)", len_sorted),
+    ] {
+        println!(
+            "{name:>28}: {:>9.0} real tokens/s  ({:.2} s)",
+            real as f64 / s,
+            s
+        );
     }
 
     for (label, dim) in [("this config", cfg.d_model), ("FLAN-T5-XL", 2048)] {

@@ -19,14 +19,18 @@ fn build(dir: &std::path::Path, kind: Kind) -> (nn::VarStore, T5Encoder) {
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
     vs.set_kind(kind);
     let mut enc = T5Encoder::new(&vs.root(), &cfg).unwrap();
-    enc.load(&Checkpoint::open_file(&dir.join("tiny_t5.safetensors")).unwrap()).unwrap();
+    enc.load(&Checkpoint::open_file(&dir.join("tiny_t5.safetensors")).unwrap())
+        .unwrap();
     (vs, enc)
 }
 
 #[test]
 fn relative_position_buckets_match_exactly() {
     let Some(dir) = t5_reference() else { return };
-    let want = read_tensor(&dir.join("tiny_t5_io.safetensors"), "relative_position_buckets");
+    let want = read_tensor(
+        &dir.join("tiny_t5_io.safetensors"),
+        "relative_position_buckets",
+    );
     assert_eq!(want.size(), [150, 150]);
     let got = relative_position_buckets(150, 150, 32, 128);
     let want: Vec<i64> = Vec::<i64>::try_from(want.flatten(0, -1)).unwrap();
@@ -44,12 +48,18 @@ fn hidden_states_and_debug_tensors_match_hf_fp32() {
         enc.fused_attention = fused;
         let (out, dbg) = enc.forward_debug(&ids, &mask).unwrap();
         let mut diffs = vec![
-            ("debug.embed", max_abs_diff(&dbg.embed, &read_tensor(&io, "debug.embed"))),
+            (
+                "debug.embed",
+                max_abs_diff(&dbg.embed, &read_tensor(&io, "debug.embed")),
+            ),
             (
                 "debug.position_bias",
                 max_abs_diff(&dbg.position_bias, &read_tensor(&io, "debug.position_bias")),
             ),
-            ("last_hidden_state", max_abs_diff(&out, &read_tensor(&io, "last_hidden_state"))),
+            (
+                "last_hidden_state",
+                max_abs_diff(&out, &read_tensor(&io, "last_hidden_state")),
+            ),
         ];
         let masked = &out * mask.unsqueeze(-1).to_kind(Kind::Float);
         diffs.push((
@@ -59,7 +69,14 @@ fn hidden_states_and_debug_tensors_match_hf_fp32() {
         assert_eq!(dbg.blocks.len(), 2);
         for (i, b) in dbg.blocks.iter().enumerate() {
             let want = read_tensor(&io, &format!("debug.block.{i}"));
-            diffs.push((if i == 0 { "debug.block.0" } else { "debug.block.1" }, max_abs_diff(b, &want)));
+            diffs.push((
+                if i == 0 {
+                    "debug.block.0"
+                } else {
+                    "debug.block.1"
+                },
+                max_abs_diff(b, &want),
+            ));
         }
         for (name, d) in diffs {
             eprintln!("fused_attention={fused} {name}: max|a-b| = {d:.3e}");
@@ -77,11 +94,13 @@ fn text_encoder_ragged_states_match_under_any_batching() {
     let ids = read_tensor(&io, "input_ids");
     let mask = read_tensor(&io, "attention_mask");
     let want = read_tensor(&io, "last_hidden_state");
-    let lens: Vec<i64> = Vec::<i64>::try_from(mask.sum_dim_intlist(-1, false, Kind::Int64)).unwrap();
+    let lens: Vec<i64> =
+        Vec::<i64>::try_from(mask.sum_dim_intlist(-1, false, Kind::Int64)).unwrap();
     assert_eq!(lens, [7, 65, 150]);
     let rows: Vec<Vec<u32>> = (0..3)
         .map(|r| {
-            let row: Vec<i64> = Vec::<i64>::try_from(ids.get(r).narrow(0, 0, lens[r as usize])).unwrap();
+            let row: Vec<i64> =
+                Vec::<i64>::try_from(ids.get(r).narrow(0, 0, lens[r as usize])).unwrap();
             row.into_iter().map(|x| x as u32).collect()
         })
         .collect();
@@ -110,7 +129,10 @@ fn text_encoder_ragged_states_match_under_any_batching() {
             worst = worst.max(d);
         }
         eprintln!("batch {batch_size} window {sort_window}: max|a-b| = {worst:.3e}");
-        assert!(worst <= TOL, "batch {batch_size} window {sort_window}: {worst:e}");
+        assert!(
+            worst <= TOL,
+            "batch {batch_size} window {sort_window}: {worst:e}"
+        );
         let st = te.stats();
         assert_eq!(st.tokens, 2 * (7 + 65 + 150));
         assert!(st.padded_tokens >= st.tokens);

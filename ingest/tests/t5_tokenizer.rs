@@ -13,12 +13,18 @@ fn cases(dir: &std::path::Path) -> Vec<Value> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn ids_tokens_and_normalization_match_reference() {
-    let Some(dir) = t5_common::t5_reference() else { return };
+    let Some(dir) = t5_common::t5_reference() else {
+        return;
+    };
     // No effective limit here: the long case exceeds the default 128.
     let tok = T5Tokenizer::from_file(&dir.join("tokenizer.json"))
         .unwrap()
@@ -32,18 +38,35 @@ fn ids_tokens_and_normalization_match_reference() {
         let got = tok.encode(text, 0).unwrap();
         assert_eq!(got.ids(), Some(want.as_slice()), "ids of {text:?}");
         assert!(!got.truncated());
-        assert_eq!(tok.pieces(text).unwrap(), ids(&c["ids_without_eos"]), "pieces of {text:?}");
+        assert_eq!(
+            tok.pieces(text).unwrap(),
+            ids(&c["ids_without_eos"]),
+            "pieces of {text:?}"
+        );
         let enc = tok.inner().encode(text, true).unwrap();
-        let want_tokens: Vec<&str> =
-            c["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-        assert_eq!(enc.get_tokens(), want_tokens.as_slice(), "tokens of {text:?}");
-        assert_eq!(tok.normalize(text).unwrap(), c["normalized"].as_str().unwrap());
+        let want_tokens: Vec<&str> = c["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            enc.get_tokens(),
+            want_tokens.as_slice(),
+            "tokens of {text:?}"
+        );
+        assert_eq!(
+            tok.normalize(text).unwrap(),
+            c["normalized"].as_str().unwrap()
+        );
     }
 }
 
 #[test]
 fn truncation_to_16_keeps_eos() {
-    let Some(dir) = t5_common::t5_reference() else { return };
+    let Some(dir) = t5_common::t5_reference() else {
+        return;
+    };
     let tok = T5Tokenizer::from_file(&dir.join("tokenizer.json"))
         .unwrap()
         .with_limit(16, LongCaptions::Truncate)
@@ -53,18 +76,27 @@ fn truncation_to_16_keeps_eos() {
         let text = c["text"].as_str().unwrap();
         let got = tok.encode(text, 0).unwrap();
         let want = ids(&c["ids_truncated_16"]);
-        assert_eq!(got.ids(), Some(want.as_slice()), "truncated ids of {text:?}");
+        assert_eq!(
+            got.ids(),
+            Some(want.as_slice()),
+            "truncated ids of {text:?}"
+        );
         assert_eq!(*want.last().unwrap(), 1, "</s> last");
         let full = ids(&c["ids"]).len();
         assert_eq!(got.truncated(), full > 16, "{text:?}");
         truncated += usize::from(got.truncated());
     }
-    assert!(truncated >= 3, "fixture has several long captions, got {truncated}");
+    assert!(
+        truncated >= 3,
+        "fixture has several long captions, got {truncated}"
+    );
 }
 
 #[test]
 fn reject_policy_rejects_exactly_the_long_captions() {
-    let Some(dir) = t5_common::t5_reference() else { return };
+    let Some(dir) = t5_common::t5_reference() else {
+        return;
+    };
     let tok = T5Tokenizer::from_file(&dir.join("tokenizer.json"))
         .unwrap()
         .with_limit(16, LongCaptions::Reject)
@@ -88,7 +120,9 @@ fn reject_policy_rejects_exactly_the_long_captions() {
 
 #[test]
 fn limit_must_leave_room_for_eos() {
-    let Some(dir) = t5_common::t5_reference() else { return };
+    let Some(dir) = t5_common::t5_reference() else {
+        return;
+    };
     let tok = T5Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     assert!(tok.with_limit(1, LongCaptions::Truncate).is_err());
 }
@@ -101,5 +135,8 @@ fn missing_or_malformed_tokenizer_is_a_typed_error_with_path() {
     assert!(e.contains("tokenizer.json"), "{e}");
     std::fs::write(&p, "{ not json").unwrap();
     let e = T5Tokenizer::from_file(&p).err().unwrap().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("tokenizer"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("tokenizer"),
+        "{e}"
+    );
 }

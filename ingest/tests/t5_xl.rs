@@ -78,18 +78,28 @@ fn xl_width_sharded_bf16_checkpoint_round_trips() {
     let model = tempfile::tempdir().unwrap();
     write_random_t5(model.path(), &cfg, 1, T5Dtype::Bf16, 3, &Default::default()).unwrap();
     std::fs::write(model.path().join("tokenizer.json"), tiny_tokenizer_json()).unwrap();
-    assert!(model.path().join("model-00003-of-00003.safetensors").is_file());
+    assert!(model
+        .path()
+        .join("model-00003-of-00003.safetensors")
+        .is_file());
     assert!(!model.path().join("model.safetensors").exists());
     let ck = Checkpoint::open(model.path()).unwrap();
     assert_eq!(ck.files().len(), 3);
     assert_eq!(ck.shape("shared.weight"), Some(&[4096i64, 2048][..]));
 
-    let opts = EncodeOptions { dtype: T5Dtype::Bf16, device: T5Device::Cpu, ..Default::default() };
+    let opts = EncodeOptions {
+        dtype: T5Dtype::Bf16,
+        device: T5Device::Cpu,
+        ..Default::default()
+    };
     let mut te = TextEncoder::from_dir(model.path(), opts).unwrap();
     assert_eq!(te.dim(), 2048);
     assert_eq!(te.provenance().dtype, "bf16");
     // Weights arrive bit-exact (bf16 on disk, bf16 in the model).
-    let stored = ck.read("encoder.block.1.layer.0.SelfAttention.k.weight").unwrap().unwrap();
+    let stored = ck
+        .read("encoder.block.1.layer.0.SelfAttention.k.weight")
+        .unwrap()
+        .unwrap();
     let (_, loaded) = te
         .model()
         .named_parameters()

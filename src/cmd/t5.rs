@@ -45,7 +45,16 @@ pub enum T5Cmd {
 
 pub fn run(cmd: T5Cmd) -> Result<ExitCode> {
     match cmd {
-        T5Cmd::Encode { model, captions, out, dtype, device, max_tokens, long_captions, batch_size } => {
+        T5Cmd::Encode {
+            model,
+            captions,
+            out,
+            dtype,
+            device,
+            max_tokens,
+            long_captions,
+            batch_size,
+        } => {
             let text = std::fs::read_to_string(&captions)
                 .with_context(|| format!("reading captions from {}", captions.display()))?;
             let lines: Vec<&str> = text.lines().collect();
@@ -60,7 +69,12 @@ pub fn run(cmd: T5Cmd) -> Result<ExitCode> {
             let mut enc = TextEncoder::from_dir(&model, opts)?;
             let encoded = enc.encode(&lines)?;
             let (n, d) = (encoded.len(), enc.dim());
-            let l = encoded.iter().flatten().map(|e| e.tokens()).max().unwrap_or(0);
+            let l = encoded
+                .iter()
+                .flatten()
+                .map(|e| e.tokens())
+                .max()
+                .unwrap_or(0);
             let mut ids = vec![0i64; n * l];
             let mut mask = vec![0i64; n * l];
             let mut kept = vec![0i64; n];
@@ -77,8 +91,22 @@ pub fn run(cmd: T5Cmd) -> Result<ExitCode> {
             let le64 = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
             let (n, l, d) = (n as i64, l as i64, d as i64);
             let tensors = vec![
-                ("input_ids".to_string(), TensorBytes { dtype: "I64", shape: vec![n, l], data: le64(&ids) }),
-                ("attention_mask".to_string(), TensorBytes { dtype: "I64", shape: vec![n, l], data: le64(&mask) }),
+                (
+                    "input_ids".to_string(),
+                    TensorBytes {
+                        dtype: "I64",
+                        shape: vec![n, l],
+                        data: le64(&ids),
+                    },
+                ),
+                (
+                    "attention_mask".to_string(),
+                    TensorBytes {
+                        dtype: "I64",
+                        shape: vec![n, l],
+                        data: le64(&mask),
+                    },
+                ),
                 (
                     "last_hidden_state".to_string(),
                     TensorBytes {
@@ -87,10 +115,20 @@ pub fn run(cmd: T5Cmd) -> Result<ExitCode> {
                         data: states.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     },
                 ),
-                ("kept".to_string(), TensorBytes { dtype: "I64", shape: vec![n], data: le64(&kept) }),
+                (
+                    "kept".to_string(),
+                    TensorBytes {
+                        dtype: "I64",
+                        shape: vec![n],
+                        data: le64(&kept),
+                    },
+                ),
             ];
             let mut meta = BTreeMap::new();
-            meta.insert("provenance".to_string(), serde_json::to_string(enc.provenance())?);
+            meta.insert(
+                "provenance".to_string(),
+                serde_json::to_string(enc.provenance())?,
+            );
             write_safetensors(&out, &tensors, Some(&meta))?;
             let st = enc.stats();
             println!(

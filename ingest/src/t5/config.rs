@@ -38,7 +38,11 @@ pub struct T5Config {
     #[serde(default = "default_eos")]
     pub eos_token_id: usize,
     /// Where the checkpoint came from (the HF model id when saved by `save_pretrained`).
-    #[serde(default, rename = "_name_or_path", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "_name_or_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub name_or_path: Option<String>,
 }
 
@@ -100,11 +104,18 @@ pub struct FeedForward {
 impl T5Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, T5Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| T5Error::Io { path: path.to_path_buf(), source })?;
-        let cfg: T5Config = serde_json::from_str(&text)
-            .map_err(|source| T5Error::ConfigParse { path: path.to_path_buf(), source })?;
-        cfg.validate().map_err(|msg| T5Error::ConfigValue { path: path.to_path_buf(), msg })?;
+        let text = std::fs::read_to_string(path).map_err(|source| T5Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: T5Config = serde_json::from_str(&text).map_err(|source| T5Error::ConfigParse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate().map_err(|msg| T5Error::ConfigValue {
+            path: path.to_path_buf(),
+            msg,
+        })?;
         Ok(cfg)
     }
 
@@ -117,7 +128,10 @@ impl T5Config {
             ("d_ff", self.d_ff),
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be positive"));
@@ -178,7 +192,10 @@ impl T5Config {
             if i == 0 {
                 out.push((
                     format!("{a}.SelfAttention.relative_attention_bias.weight"),
-                    vec![self.relative_attention_num_buckets as i64, self.num_heads as i64],
+                    vec![
+                        self.relative_attention_num_buckets as i64,
+                        self.num_heads as i64,
+                    ],
                 ));
             }
             out.push((format!("{a}.layer_norm.weight"), vec![d]));

@@ -134,8 +134,10 @@ pub struct Provenance {
 }
 
 fn sha256_file(path: &Path) -> Result<String, T5Error> {
-    let bytes =
-        std::fs::read(path).map_err(|source| T5Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| T5Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
@@ -159,7 +161,13 @@ impl TextEncoder {
             .ok()
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| dir.display().to_string());
-        Self::from_parts(&dir.join("config.json"), &ck, &dir.join("tokenizer.json"), &dir_name, opts)
+        Self::from_parts(
+            &dir.join("config.json"),
+            &ck,
+            &dir.join("tokenizer.json"),
+            &dir_name,
+            opts,
+        )
     }
 
     /// Like [`TextEncoder::from_dir`] with the files given one by one; `fallback_id` is the
@@ -172,10 +180,13 @@ impl TextEncoder {
         opts: EncodeOptions,
     ) -> Result<Self, T5Error> {
         if opts.batch_size == 0 || opts.sort_window == 0 {
-            return Err(T5Error::BadOption("batch size and sort window must be positive".into()));
+            return Err(T5Error::BadOption(
+                "batch size and sort window must be positive".into(),
+            ));
         }
         let cfg = T5Config::from_file(config)?;
-        let tok = T5Tokenizer::from_file(tokenizer)?.with_limit(opts.max_tokens, opts.long_captions)?;
+        let tok =
+            T5Tokenizer::from_file(tokenizer)?.with_limit(opts.max_tokens, opts.long_captions)?;
         if tok.vocab_size() > cfg.vocab_size {
             return Err(T5Error::Tokenizer {
                 path: tokenizer.to_path_buf(),
@@ -203,7 +214,14 @@ impl TextEncoder {
             max_tokens: opts.max_tokens,
             dim: cfg.d_model,
         };
-        Ok(TextEncoder { _vs: vs, model, tokenizer: tok, opts, provenance, stats: EncodeStats::default() })
+        Ok(TextEncoder {
+            _vs: vs,
+            model,
+            tokenizer: tok,
+            opts,
+            provenance,
+            stats: EncodeStats::default(),
+        })
     }
 
     pub fn provenance(&self) -> &Provenance {
@@ -231,12 +249,19 @@ impl TextEncoder {
 
     /// Tokenizes under the limit and policy (no counters touched).
     pub fn tokenize<S: AsRef<str>>(&self, captions: &[S]) -> Result<Vec<Tokenized>, T5Error> {
-        captions.iter().enumerate().map(|(i, c)| self.tokenizer.encode(c.as_ref(), i)).collect()
+        captions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.tokenizer.encode(c.as_ref(), i))
+            .collect()
     }
 
     /// Encodes captions, in input order. `None` marks a caption rejected for length
     /// (only under [`LongCaptions::Reject`]).
-    pub fn encode<S: AsRef<str>>(&mut self, captions: &[S]) -> Result<Vec<Option<Encoded>>, T5Error> {
+    pub fn encode<S: AsRef<str>>(
+        &mut self,
+        captions: &[S],
+    ) -> Result<Vec<Option<Encoded>>, T5Error> {
         let toks = self.tokenize(captions)?;
         let mut ids: Vec<Option<&[u32]>> = Vec::with_capacity(toks.len());
         for t in &toks {
@@ -272,7 +297,9 @@ impl TextEncoder {
     /// returns `[len, dim]` f32 states per entry, in input order.
     pub fn encode_ids(&mut self, ids: &[Option<&[u32]>]) -> Result<Vec<Option<Vec<f32>>>, T5Error> {
         let mut out: Vec<Option<Vec<f32>>> = vec![None; ids.len()];
-        let live: Vec<usize> = (0..ids.len()).filter(|&i| ids[i].is_some_and(|s| !s.is_empty())).collect();
+        let live: Vec<usize> = (0..ids.len())
+            .filter(|&i| ids[i].is_some_and(|s| !s.is_empty()))
+            .collect();
         for window in live.chunks(self.opts.sort_window) {
             let mut order = window.to_vec();
             order.sort_by_key(|&i| ids[i].map_or(0, |s| s.len()));
@@ -303,10 +330,17 @@ impl TextEncoder {
         self.stats.tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
         self.stats.padded_tokens += (b * t) as u64;
         let dev = self.opts.device.device();
-        let ids = Tensor::f_from_slice(&flat_ids)?.f_view([b as i64, t as i64])?.f_to_device(dev)?;
-        let mask = Tensor::f_from_slice(&flat_mask)?.f_view([b as i64, t as i64])?.f_to_device(dev)?;
+        let ids = Tensor::f_from_slice(&flat_ids)?
+            .f_view([b as i64, t as i64])?
+            .f_to_device(dev)?;
+        let mask = Tensor::f_from_slice(&flat_mask)?
+            .f_view([b as i64, t as i64])?
+            .f_to_device(dev)?;
         let hs = self.model.forward(&ids, &mask)?;
-        let hs = hs.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+        let hs = hs
+            .f_to_kind(Kind::Float)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?;
         let mut all = vec![0f32; b * t * d];
         hs.f_copy_data(&mut all, b * t * d)?;
         Ok(rows

@@ -23,9 +23,7 @@ use std::path::PathBuf;
 pub use tch;
 
 pub use config::{Activation, FeedForward, T5Config};
-pub use encoder::{
-    EncodeOptions, EncodeStats, Encoded, Provenance, StorageDtype, TextEncoder,
-};
+pub use encoder::{EncodeOptions, EncodeStats, Encoded, Provenance, StorageDtype, TextEncoder};
 pub use model::{relative_position_buckets, T5Debug, T5Encoder};
 pub use tiny::{
     make_tiny_t5, tiny_t5_config, tiny_tokenizer_json, write_random_t5, TINY_T5_NOTICE,
@@ -65,7 +63,9 @@ impl std::str::FromStr for T5Dtype {
         match s {
             "f32" | "fp32" | "float32" => Ok(T5Dtype::F32),
             "bf16" | "bfloat16" => Ok(T5Dtype::Bf16),
-            _ => Err(T5Error::BadOption(format!("dtype {s:?} (expected f32 or bf16)"))),
+            _ => Err(T5Error::BadOption(format!(
+                "dtype {s:?} (expected f32 or bf16)"
+            ))),
         }
     }
 }
@@ -127,9 +127,15 @@ impl std::str::FromStr for T5Device {
 #[derive(Debug, thiserror::Error)]
 pub enum T5Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: malformed T5 config: {source}")]
-    ConfigParse { path: PathBuf, source: serde_json::Error },
+    ConfigParse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: invalid T5 config: {msg}")]
     ConfigValue { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
@@ -137,7 +143,12 @@ pub enum T5Error {
     #[error("{dir}: checkpoint lacks encoder tensor(s): {}", keys.join(", "))]
     MissingKeys { dir: PathBuf, keys: Vec<String> },
     #[error("{path}: tensor {key} has shape {got:?}, the config implies {want:?}")]
-    Shape { path: PathBuf, key: String, got: Vec<i64>, want: Vec<i64> },
+    Shape {
+        path: PathBuf,
+        key: String,
+        got: Vec<i64>,
+        want: Vec<i64>,
+    },
     #[error("{path}: tokenizer: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
     #[error("tokenizing caption {index}: {msg}")]

@@ -94,7 +94,9 @@ fn var(p: &nn::Path, key: &str, shape: &[i64]) -> Result<Tensor, T5Error> {
 /// dtype.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, T5Error> {
     let x32 = x.f_to_kind(Kind::Float)?;
-    let var = x32.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, Kind::Float)?;
+    let var = x32
+        .f_pow_tensor_scalar(2)?
+        .f_mean_dim(-1, true, Kind::Float)?;
     let h = x32.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?;
     Ok(h.f_to_kind(w.kind())?.f_mul(w)?)
 }
@@ -119,7 +121,8 @@ impl T5Encoder {
             vars.insert(key, t);
         }
         let mut take = |k: String| {
-            vars.remove(&k).ok_or_else(|| T5Error::BadOption(format!("internal: no variable {k}")))
+            vars.remove(&k)
+                .ok_or_else(|| T5Error::BadOption(format!("internal: no variable {k}")))
         };
         let shared = take("shared.weight".into())?;
         let rel_bias =
@@ -129,7 +132,10 @@ impl T5Encoder {
             let a = format!("encoder.block.{i}.layer.0");
             let f = format!("encoder.block.{i}.layer.1.DenseReluDense");
             let (wi0, wi1) = if ff.gated {
-                (take(format!("{f}.wi_0.weight"))?, Some(take(format!("{f}.wi_1.weight"))?))
+                (
+                    take(format!("{f}.wi_0.weight"))?,
+                    Some(take(format!("{f}.wi_1.weight"))?),
+                )
             } else {
                 (take(format!("{f}.wi.weight"))?, None)
             };
@@ -181,17 +187,29 @@ impl T5Encoder {
             v.push((format!("{a}.layer_norm.weight"), b.ln_attn.shallow_clone()));
             let f = format!("encoder.block.{i}.layer.1");
             if gated {
-                v.push((format!("{f}.DenseReluDense.wi_0.weight"), b.wi0.shallow_clone()));
+                v.push((
+                    format!("{f}.DenseReluDense.wi_0.weight"),
+                    b.wi0.shallow_clone(),
+                ));
                 if let Some(w) = &b.wi1 {
                     v.push((format!("{f}.DenseReluDense.wi_1.weight"), w.shallow_clone()));
                 }
             } else {
-                v.push((format!("{f}.DenseReluDense.wi.weight"), b.wi0.shallow_clone()));
+                v.push((
+                    format!("{f}.DenseReluDense.wi.weight"),
+                    b.wi0.shallow_clone(),
+                ));
             }
-            v.push((format!("{f}.DenseReluDense.wo.weight"), b.wo.shallow_clone()));
+            v.push((
+                format!("{f}.DenseReluDense.wo.weight"),
+                b.wo.shallow_clone(),
+            ));
             v.push((format!("{f}.layer_norm.weight"), b.ln_ff.shallow_clone()));
         }
-        v.push(("encoder.final_layer_norm.weight".to_string(), self.final_ln.shallow_clone()));
+        v.push((
+            "encoder.final_layer_norm.weight".to_string(),
+            self.final_ln.shallow_clone(),
+        ));
         v
     }
 
@@ -210,18 +228,31 @@ impl T5Encoder {
                 None
             }
         };
-        let missing: Vec<String> =
-            params.iter().filter(|(k, _)| resolve(k).is_none()).map(|(k, _)| k.clone()).collect();
+        let missing: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| resolve(k).is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
         if !missing.is_empty() {
-            return Err(T5Error::MissingKeys { dir: ck.dir().to_path_buf(), keys: missing });
+            return Err(T5Error::MissingKeys {
+                dir: ck.dir().to_path_buf(),
+                keys: missing,
+            });
         }
         for (key, mut var) in params {
-            let Some(src_key) = resolve(&key) else { continue };
+            let Some(src_key) = resolve(&key) else {
+                continue;
+            };
             let want = var.size();
             let got = ck.shape(&src_key).map(|s| s.to_vec()).unwrap_or_default();
             let path = ck.file_of(&src_key).unwrap_or(ck.dir()).to_path_buf();
             if got != want {
-                return Err(T5Error::Shape { path, key: src_key, got, want });
+                return Err(T5Error::Shape {
+                    path,
+                    key: src_key,
+                    got,
+                    want,
+                });
             }
             if let Some(t) = ck.read(&src_key)? {
                 var.f_copy_(&t)?;
@@ -232,7 +263,10 @@ impl T5Encoder {
 
     /// Total number of parameters.
     pub fn num_parameters(&self) -> i64 {
-        self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+        self.named_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
     }
 
     /// `[1, heads, T, T]` relative position bias (no mask).
@@ -243,7 +277,9 @@ impl T5Encoder {
             self.cfg.relative_attention_num_buckets,
             self.cfg.relative_attention_max_distance,
         );
-        let idx = Tensor::f_from_slice(&b)?.f_view([t, t])?.f_to_device(self.shared.device())?;
+        let idx = Tensor::f_from_slice(&b)?
+            .f_view([t, t])?
+            .f_to_device(self.shared.device())?;
         let vals = Tensor::f_embedding(&self.rel_bias, &idx, -1, false, false)?; // [T, T, H]
         Ok(vals.f_permute([2, 0, 1])?.f_unsqueeze(0)?)
     }
@@ -251,7 +287,7 @@ impl T5Encoder {
     /// Last hidden states `[B, T, d_model]` (model dtype, padded positions computed too)
     /// for `ids` `[B, T]` (int64) and `mask` `[B, T]` (1 = token), both on the model's device.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, T5Error> {
-        Ok(self.forward_impl(ids, mask, None)?)
+        self.forward_impl(ids, mask, None)
     }
 
     /// [`T5Encoder::forward`] plus intermediate tensors.
@@ -274,7 +310,9 @@ impl T5Encoder {
         let _g = tch::no_grad_guard();
         let size = ids.size();
         let [b, t] = size.as_slice() else {
-            return Err(T5Error::BadOption(format!("ids must be [batch, len], got {size:?}")));
+            return Err(T5Error::BadOption(format!(
+                "ids must be [batch, len], got {size:?}"
+            )));
         };
         let (b, t) = (*b, *t);
         let kind = self.shared.kind();

@@ -13,20 +13,112 @@ pub const TINY_T5_NOTICE: &str =
     "this T5 encoder is seeded random and UNTRAINED: its text embeddings carry no meaning";
 
 const WORDS: &[&str] = &[
-    "a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "for", "from", "by",
-    "is", "are", "over", "under", "near", "two", "three", "man", "woman", "men", "women",
-    "child", "children", "people", "person", "dog", "dogs", "cat", "cats", "bird", "birds",
-    "horse", "car", "bus", "boat", "tree", "trees", "house", "city", "street", "road", "park",
-    "beach", "sea", "river", "lake", "mountain", "mountains", "sky", "cloud", "clouds", "sun",
-    "sunset", "snow", "water", "field", "forest", "table", "chair", "room", "window", "food",
-    "plate", "cup", "photo", "picture", "painting", "view", "background", "white", "black",
-    "red", "blue", "green", "yellow", "small", "large", "big", "old", "young", "new",
-    "beautiful", "sitting", "standing", "walking", "running", "playing", "holding", "wearing",
-    "looking", "flying", "stock", "image", "illustration", "vector", "close", "up",
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "at",
+    "with",
+    "and",
+    "or",
+    "to",
+    "for",
+    "from",
+    "by",
+    "is",
+    "are",
+    "over",
+    "under",
+    "near",
+    "two",
+    "three",
+    "man",
+    "woman",
+    "men",
+    "women",
+    "child",
+    "children",
+    "people",
+    "person",
+    "dog",
+    "dogs",
+    "cat",
+    "cats",
+    "bird",
+    "birds",
+    "horse",
+    "car",
+    "bus",
+    "boat",
+    "tree",
+    "trees",
+    "house",
+    "city",
+    "street",
+    "road",
+    "park",
+    "beach",
+    "sea",
+    "river",
+    "lake",
+    "mountain",
+    "mountains",
+    "sky",
+    "cloud",
+    "clouds",
+    "sun",
+    "sunset",
+    "snow",
+    "water",
+    "field",
+    "forest",
+    "table",
+    "chair",
+    "room",
+    "window",
+    "food",
+    "plate",
+    "cup",
+    "photo",
+    "picture",
+    "painting",
+    "view",
+    "background",
+    "white",
+    "black",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "small",
+    "large",
+    "big",
+    "old",
+    "young",
+    "new",
+    "beautiful",
+    "sitting",
+    "standing",
+    "walking",
+    "running",
+    "playing",
+    "holding",
+    "wearing",
+    "looking",
+    "flying",
+    "stock",
+    "image",
+    "illustration",
+    "vector",
+    "close",
+    "up",
 ];
 
-const SUBWORDS: &[&str] =
-    &["ing", "ed", "er", "es", "en", "in", "on", "an", "at", "le", "ly", "th", "re", "st", "al"];
+const SUBWORDS: &[&str] = &[
+    "ing", "ed", "er", "es", "en", "in", "on", "an", "at", "le", "ly", "th", "re", "st", "al",
+];
 
 const CHARS: &str =
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'\"-():;/&+%#@*";
@@ -130,7 +222,11 @@ impl Rng {
 
 /// Random encoder weights for `cfg` in the HF layout, stored as `dtype`, in checkpoint
 /// order: zero-mean uniform noise with HF's init std, norms 1 ± 0.1 (not trivially 1).
-pub(crate) fn random_weights(cfg: &T5Config, seed: u64, dtype: T5Dtype) -> Vec<(String, TensorBytes)> {
+pub(crate) fn random_weights(
+    cfg: &T5Config,
+    seed: u64,
+    dtype: T5Dtype,
+) -> Vec<(String, TensorBytes)> {
     let mut rng = Rng(seed);
     let d = cfg.d_model as f32;
     cfg.encoder_param_shapes()
@@ -156,7 +252,11 @@ pub(crate) fn random_weights(cfg: &T5Config, seed: u64, dtype: T5Dtype) -> Vec<(
                     for _ in 0..n {
                         data.extend_from_slice(&(mean + std * rng.unit()).to_le_bytes());
                     }
-                    TensorBytes { dtype: "F32", shape, data }
+                    TensorBytes {
+                        dtype: "F32",
+                        shape,
+                        data,
+                    }
                 }
                 T5Dtype::Bf16 => {
                     let mut data = Vec::with_capacity(n as usize * 2);
@@ -164,7 +264,11 @@ pub(crate) fn random_weights(cfg: &T5Config, seed: u64, dtype: T5Dtype) -> Vec<(
                         let x = half::bf16::from_f32(mean + std * rng.unit());
                         data.extend_from_slice(&x.to_le_bytes());
                     }
-                    TensorBytes { dtype: "BF16", shape, data }
+                    TensorBytes {
+                        dtype: "BF16",
+                        shape,
+                        data,
+                    }
                 }
             };
             (key, t)
@@ -194,10 +298,18 @@ pub fn write_random_t5(
     let mut j = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(m) = j.as_object_mut() {
         m.insert("model_type".into(), "t5".into());
-        m.insert("architectures".into(), serde_json::json!(["T5EncoderModel"]));
+        m.insert(
+            "architectures".into(),
+            serde_json::json!(["T5EncoderModel"]),
+        );
         m.insert(
             "torch_dtype".into(),
-            (if dtype == T5Dtype::F32 { "float32" } else { "bfloat16" }).into(),
+            (if dtype == T5Dtype::F32 {
+                "float32"
+            } else {
+                "bfloat16"
+            })
+            .into(),
         );
         for (k, v) in extra {
             m.insert(k.clone(), v.clone());

@@ -68,8 +68,10 @@ impl T5Tokenizer {
     /// Loads `tokenizer.json` with the default limit (128) and truncation. Any truncation or
     /// padding configured in the file is cleared; the limit here governs.
     pub fn from_file(path: &Path) -> Result<Self, T5Error> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| T5Error::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| T5Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut tok = Tokenizer::from_bytes(&bytes).map_err(|e| T5Error::Tokenizer {
             path: path.to_path_buf(),
             msg: e.to_string(),
@@ -130,7 +132,10 @@ impl T5Tokenizer {
     pub fn normalize(&self, text: &str) -> Result<String, T5Error> {
         let mut n = tokenizers::NormalizedString::from(text);
         if let Some(norm) = self.tok.get_normalizer() {
-            norm.normalize(&mut n).map_err(|e| T5Error::Tokenize { index: 0, msg: e.to_string() })?;
+            norm.normalize(&mut n).map_err(|e| T5Error::Tokenize {
+                index: 0,
+                msg: e.to_string(),
+            })?;
         }
         Ok(n.get().to_string())
     }
@@ -140,26 +145,42 @@ impl T5Tokenizer {
         let enc = self
             .tok
             .encode(text, false)
-            .map_err(|e| T5Error::Tokenize { index: 0, msg: e.to_string() })?;
+            .map_err(|e| T5Error::Tokenize {
+                index: 0,
+                msg: e.to_string(),
+            })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Tokenizes one caption under the limit and policy. `index` only labels errors.
     pub fn encode(&self, text: &str, index: usize) -> Result<Tokenized, T5Error> {
-        let err = |e: tokenizers::Error| T5Error::Tokenize { index, msg: e.to_string() };
+        let err = |e: tokenizers::Error| T5Error::Tokenize {
+            index,
+            msg: e.to_string(),
+        };
         let enc = self.tok.encode(text, false).map_err(err)?;
         let full_len = enc.len() + self.n_special;
         if full_len <= self.max_tokens {
             let enc = self.tok.post_process(enc, None, true).map_err(err)?;
-            return Ok(Tokenized::Ids { ids: enc.get_ids().to_vec(), full_len });
+            return Ok(Tokenized::Ids {
+                ids: enc.get_ids().to_vec(),
+                full_len,
+            });
         }
         match self.policy {
             LongCaptions::Reject => Ok(Tokenized::Rejected { full_len }),
             LongCaptions::Truncate => {
                 let mut enc = enc;
-                enc.truncate(self.max_tokens - self.n_special, 0, TruncationDirection::Right);
+                enc.truncate(
+                    self.max_tokens - self.n_special,
+                    0,
+                    TruncationDirection::Right,
+                );
                 let enc = self.tok.post_process(enc, None, true).map_err(err)?;
-                Ok(Tokenized::Ids { ids: enc.get_ids().to_vec(), full_len })
+                Ok(Tokenized::Ids {
+                    ids: enc.get_ids().to_vec(),
+                    full_len,
+                })
             }
         }
     }

@@ -43,11 +43,17 @@ pub struct Checkpoint {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> T5Error + '_ {
-    move |source| T5Error::Io { path: path.to_path_buf(), source }
+    move |source| T5Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn weights_err(path: &Path, msg: impl Into<String>) -> T5Error {
-    T5Error::Weights { path: path.to_path_buf(), msg: msg.into() }
+    T5Error::Weights {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
 }
 
 fn kind_of(dtype: &str) -> Option<(Kind, u64)> {
@@ -79,10 +85,14 @@ fn read_header(path: &Path, file_index: usize) -> Result<Vec<(String, Entry)>, T
     let mut f = File::open(path).map_err(io_err(path))?;
     let file_len = f.metadata().map_err(io_err(path))?.len();
     let mut n = [0u8; 8];
-    f.read_exact(&mut n).map_err(|_| weights_err(path, "not a safetensors file (too short)"))?;
+    f.read_exact(&mut n)
+        .map_err(|_| weights_err(path, "not a safetensors file (too short)"))?;
     let n = u64::from_le_bytes(n);
     if n > MAX_HEADER || 8 + n > file_len {
-        return Err(weights_err(path, format!("not a safetensors file (header size {n})")));
+        return Err(weights_err(
+            path,
+            format!("not a safetensors file (header size {n})"),
+        ));
     }
     let mut buf = vec![0u8; n as usize];
     f.read_exact(&mut buf).map_err(io_err(path))?;
@@ -96,8 +106,12 @@ fn read_header(path: &Path, file_index: usize) -> Result<Vec<(String, Entry)>, T
         }
         let e: HeaderEntry = serde_json::from_value(v)
             .map_err(|e| weights_err(path, format!("bad header entry {name}: {e}")))?;
-        let (kind, size) = kind_of(&e.dtype)
-            .ok_or_else(|| weights_err(path, format!("tensor {name}: unsupported dtype {}", e.dtype)))?;
+        let (kind, size) = kind_of(&e.dtype).ok_or_else(|| {
+            weights_err(
+                path,
+                format!("tensor {name}: unsupported dtype {}", e.dtype),
+            )
+        })?;
         let numel = e.shape.iter().try_fold(1u64, |acc, &d| {
             u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
         });
@@ -106,9 +120,21 @@ fn read_header(path: &Path, file_index: usize) -> Result<Vec<(String, Entry)>, T
             && s <= t
             && base + t <= file_len;
         if !ok {
-            return Err(weights_err(path, format!("tensor {name}: offsets do not match its shape")));
+            return Err(weights_err(
+                path,
+                format!("tensor {name}: offsets do not match its shape"),
+            ));
         }
-        out.push((name, Entry { file: file_index, kind, shape: e.shape, start: base + s, end: base + t }));
+        out.push((
+            name,
+            Entry {
+                file: file_index,
+                kind,
+                shape: e.shape,
+                start: base + s,
+                end: base + t,
+            },
+        ));
     }
     Ok(out)
 }
@@ -143,7 +169,10 @@ impl Checkpoint {
         let mut files = Vec::with_capacity(names.len());
         for n in names {
             if n.contains('/') || n.contains('\\') || n == ".." {
-                return Err(weights_err(&index, format!("shard name {n:?} is not a plain file name")));
+                return Err(weights_err(
+                    &index,
+                    format!("shard name {n:?} is not a plain file name"),
+                ));
             }
             files.push(dir.join(n));
         }
@@ -171,11 +200,18 @@ impl Checkpoint {
         for (i, f) in files.iter().enumerate() {
             for (name, e) in read_header(f, i)? {
                 if entries.insert(name.clone(), e).is_some() {
-                    return Err(weights_err(f, format!("tensor {name} appears in two shards")));
+                    return Err(weights_err(
+                        f,
+                        format!("tensor {name} appears in two shards"),
+                    ));
                 }
             }
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), files, entries })
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            files,
+            entries,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -198,7 +234,9 @@ impl Checkpoint {
 
     /// Reads one tensor to CPU in its stored dtype; `None` if absent.
     pub fn read(&self, key: &str) -> Result<Option<Tensor>, T5Error> {
-        let Some(e) = self.entries.get(key) else { return Ok(None) };
+        let Some(e) = self.entries.get(key) else {
+            return Ok(None);
+        };
         let path = &self.files[e.file];
         let mut f = File::open(path).map_err(io_err(path))?;
         f.seek(SeekFrom::Start(e.start)).map_err(io_err(path))?;
@@ -243,13 +281,18 @@ pub struct TensorBytes {
 impl TensorBytes {
     /// Copies a CPU or CUDA tensor (f32/f16/bf16/f64/i64/i32) to bytes.
     pub fn from_tensor(t: &Tensor) -> Result<Self, T5Error> {
-        let (dtype, size) = dtype_name(t.kind())
-            .ok_or_else(|| T5Error::BadOption(format!("cannot store tensor of kind {:?}", t.kind())))?;
+        let (dtype, size) = dtype_name(t.kind()).ok_or_else(|| {
+            T5Error::BadOption(format!("cannot store tensor of kind {:?}", t.kind()))
+        })?;
         let t = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
         let numel = t.numel();
         let mut data = vec![0u8; numel * size];
         t.f_copy_data_u8(&mut data, numel)?;
-        Ok(TensorBytes { dtype, shape: t.size(), data })
+        Ok(TensorBytes {
+            dtype,
+            shape: t.size(),
+            data,
+        })
     }
 }
 
@@ -261,7 +304,10 @@ pub fn write_safetensors(
 ) -> Result<(), T5Error> {
     let mut header = serde_json::Map::new();
     if let Some(m) = metadata {
-        header.insert("__metadata__".into(), serde_json::to_value(m).unwrap_or_default());
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(m).unwrap_or_default(),
+        );
     }
     let mut offset = 0u64;
     for (name, t) in tensors {

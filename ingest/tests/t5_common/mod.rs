@@ -27,22 +27,38 @@ pub fn t5_reference() -> Option<PathBuf> {
 /// Reads one tensor from a safetensors file.
 pub fn read_tensor(file: &std::path::Path, key: &str) -> Tensor {
     let ck = Checkpoint::open_file(file).unwrap();
-    ck.read(key).unwrap().unwrap_or_else(|| panic!("{key} not in {}", file.display()))
+    ck.read(key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{key} not in {}", file.display()))
 }
 
 /// Max |a - b| over all elements, in f64.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shape mismatch");
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 /// A model directory in HF layout (config.json, model.safetensors, tokenizer.json) made of
 /// the fixture files.
 pub fn tiny_model_dir(reference: &std::path::Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(reference.join("tiny_t5_config.json"), dir.path().join("config.json")).unwrap();
-    std::fs::copy(reference.join("tiny_t5.safetensors"), dir.path().join("model.safetensors"))
-        .unwrap();
-    std::fs::copy(reference.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        reference.join("tiny_t5_config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        reference.join("tiny_t5.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        reference.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
     dir
 }
