@@ -3,14 +3,21 @@
 //!
 //! - [`t5`]: FLAN-T5 text encoder (HF checkpoints, tokenizer, ragged caption embeddings).
 //! - Images (issue 4): [`image`] decode/resize/encode, [`sources`] (ImageNet, CC12M tars and tables),
-//!   [`pipeline`] (bounded, ordered, resumable build), [`settings`], [`rejects`], [`error`].
+//!   [`pipeline`] (bounded, ordered, resumable build), [`settings`], [`rejects`], [`error`];
+//!   behind the `images` feature until they have been built and tested in CI.
 //!
 //! Status: the crate is laid out; sources, decode and embedding land with their issues.
 
 pub mod t5;
+#[cfg(feature = "images")]
 pub mod error;
+#[cfg(feature = "images")]
 pub mod image;
+#[cfg(feature = "images")]
 pub mod pipeline;
+#[cfg(feature = "images")]
 pub mod rejects;
+#[cfg(feature = "images")]
 pub mod settings;
+#[cfg(feature = "images")]
 pub mod sources;

@@ -64,7 +64,7 @@ pub fn ingest(opts: &Cc12mOptions, settings: &ImageSettings, run: &RunOptions) -
         let mine: Vec<(u64, Row)> = rows.into_iter().enumerate().map(|(i, r)| (i as u64, r)).filter(|(i, _)| run.owns(*i)).collect();
         let build = Build { total: Some(mine.len() as u64), ..build };
         let table = src.to_path_buf();
-        let inputs = mine.into_iter().map(move |(i, row)| Ok(table_input(&table, &root, i, row)));
+        let inputs = mine.into_iter().map(move |(i, row)| Ok::<Input, Error>(table_input(&table, &root, i, row)));
         return pipeline::run(&build, inputs);
     }
     let tars: Vec<PathBuf> = if opts.src.contains('{') {

@@ -189,7 +189,7 @@ pub fn ingest(opts: &ImagenetOptions, settings: &ImageSettings, run: &RunOptions
     if !dir.is_dir() {
         return Err(Error::Source { path: src.clone(), msg: format!("no {split} folder found") });
     }
-    let names = match find_near(&[src, &dir], SYNSET_MAPPING) {
+    let names = match find_near(&[src.as_path(), dir.as_path()], SYNSET_MAPPING) {
         Some(p) => read_synset_mapping(&p)?,
         None => BTreeMap::new(),
     };
@@ -222,7 +222,7 @@ pub fn ingest(opts: &ImagenetOptions, settings: &ImageSettings, run: &RunOptions
         }
         let labels_path = match &opts.val_labels {
             Some(p) => p.clone(),
-            None => find_near(&[src, &dir], VAL_CSV).or_else(|| find_near(&[src, &dir], VAL_GT)).ok_or_else(|| {
+            None => find_near(&[src.as_path(), dir.as_path()], VAL_CSV).or_else(|| find_near(&[src.as_path(), dir.as_path()], VAL_GT)).ok_or_else(|| {
                 Error::Source { path: dir.clone(), msg: format!("flat val folder without {VAL_CSV} or {VAL_GT}") }
             })?,
         };
@@ -246,7 +246,7 @@ pub fn ingest(opts: &ImagenetOptions, settings: &ImageSettings, run: &RunOptions
     let build = build_for(opts, settings, run, classes, Some(mine.len() as u64));
     let inputs = mine.into_iter().map(move |f| {
         let source = f.path.strip_prefix(&opts.src).unwrap_or(&f.path).to_string_lossy().into_owned();
-        Ok(Input {
+        Ok::<Input, Error>(Input {
             id: f.id,
             source,
             label: f.label.as_ref().ok().copied(),
@@ -288,7 +288,7 @@ fn build_for(
 fn ingest_train_tar(opts: &ImagenetOptions, settings: &ImageSettings, run: &RunOptions) -> Result<Summary, Error> {
     let tar_path = opts.src.clone();
     let parent = tar_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let names = match find_near(&[&parent], SYNSET_MAPPING) {
+    let names = match find_near(&[parent.as_path()], SYNSET_MAPPING) {
         Some(p) => read_synset_mapping(&p)?,
         None => BTreeMap::new(),
     };
