@@ -43,10 +43,12 @@ if [[ "$have_torch" != "$TORCH_VERSION"* ]]; then
       nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 \
     || fail "pip install torch==$TORCH_VERSION" "check PyPI access; tch 0.24 needs exactly this version"
 fi
-if ! $VPY -c "import pyarrow, numpy, safetensors, PIL" 2>/dev/null; then
-  say "installing pyarrow, numpy, safetensors into .venv"
+# pyarrow/numpy/safetensors: interop tests; pillow: ingest bench baseline; the rest: `import torch`
+# (tools/convert_mlmdm.py; on a CPU-only venv `import torch` still needs the CUDA libraries).
+if ! $VPY -c "import pyarrow, numpy, safetensors, PIL, typing_extensions, sympy, networkx, jinja2, fsspec, filelock" 2>/dev/null; then
+  say "installing pyarrow, numpy, safetensors, pillow and torch's Python dependencies into .venv"
   $VPY -m pip install -q --disable-pip-version-check pyarrow numpy safetensors pillow typing_extensions filelock sympy networkx jinja2 fsspec \
-    || fail "pip install pyarrow numpy safetensors" "check PyPI access"
+    || fail "pip install (Python test dependencies)" "check PyPI access"
 fi
 
 # 3. Stable path for LIBTORCH (the site-packages path depends on the Python version)

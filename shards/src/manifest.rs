@@ -140,7 +140,7 @@ impl Manifest {
         if self.version != FORMAT_VERSION {
             return bad(format!("format version {}, this build reads {FORMAT_VERSION}", self.version));
         }
-        let layout = Layout::new(self.kind, self.resolutions.clone()).or_else(|m| bad(m))?;
+        let layout = Layout::new(self.kind, self.resolutions.clone()).map_err(|msg| Error::Invalid { path: path.to_path_buf(), msg })?;
         if self.schema_fingerprint != layout.fingerprint() {
             return bad(format!("schema fingerprint {} does not match its layout", self.schema_fingerprint));
         }

@@ -156,7 +156,7 @@ impl Layout {
             fields.push(Field::new("t5_emb", DataType::Binary, true));
         }
         fields.push(Field::new("checksum", DataType::UInt64, false));
-        let metadata = [
+        let metadata: std::collections::HashMap<String, String> = [
             ("mdm.format_version".to_string(), FORMAT_VERSION.to_string()),
             ("mdm.kind".to_string(), self.kind.as_str().to_string()),
             (

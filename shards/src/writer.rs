@@ -121,7 +121,8 @@ impl ShardWriter {
             .set_compression(Compression::UNCOMPRESSED)
             .set_dictionary_enabled(false)
             .set_statistics_enabled(EnabledStatistics::None)
-            .set_max_row_group_size(usize::MAX);
+            .set_max_row_group_row_count(None)
+            .set_max_row_group_bytes(None);
         for name in ["id", "source", "caption"] {
             props = props.set_column_compression(ColumnPath::from(name), Compression::ZSTD(ZstdLevel::default()));
         }
