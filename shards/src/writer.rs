@@ -112,7 +112,7 @@ impl ShardWriter {
         let mut schema = (*layout.schema()).clone();
         if let Some(enc) = &opts.text_encoder {
             let json = serde_json::to_string(enc).map_err(|source| Error::ManifestJson { path: dir.clone(), source })?;
-            schema.metadata.insert("mdm.text_encoder".into(), json);
+            schema.metadata.insert("mdm.text_encoder", json);
         }
         let schema = std::sync::Arc::new(schema);
         // Payload columns are incompressible JPEG / fp16 bytes: no compression, no dictionary,

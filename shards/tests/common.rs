@@ -84,7 +84,7 @@ pub fn write_set(dir: &std::path::Path, layout: &Layout, records: Vec<Record>, o
     }
     let mut m = Manifest::new(layout, enc);
     m.shards = w.close().unwrap();
-    m.stats.inputs = n + 2;
+    m.stats.inputs = n;
     m.stats.written = n;
     m.stats.reject("too-small");
     m.stats.reject("not-an-image");

@@ -13,7 +13,7 @@ fn part(dir: &std::path::Path, name: &str, prefix: &str, range: std::ops::Range<
     }
     let mut m = Manifest::new(&layout, None);
     m.shards = w.close().unwrap();
-    m.stats.inputs = range.end - range.start + 1;
+    m.stats.inputs = range.end - range.start;
     m.stats.written = range.end - range.start;
     m.stats.reject("too-small");
     m.settings = Some(serde_json::json!({ "resolution": 64, "part": part }));
