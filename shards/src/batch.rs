@@ -130,15 +130,34 @@ pub fn batch_to_records(
     } else {
         None
     };
+    // Kind-specific columns, looked up once per batch.
+    let image_cols = match layout.kind {
+        RecordKind::Image | RecordKind::TextImage => {
+            let mut jpegs = Vec::with_capacity(layout.resolutions.len());
+            for &r in &layout.resolutions {
+                jpegs.push(col!(&jpeg_column(r), as_binary_opt::<i32>));
+            }
+            Some((col!("label", as_primitive_opt::<Int32Type>), col!("crop_box", as_fixed_size_list_opt), jpegs))
+        }
+        RecordKind::Video => None,
+    };
+    let video_cols = match layout.kind {
+        RecordKind::Video => Some((
+            col!("clip", as_primitive_opt::<UInt32Type>),
+            col!("fps", as_primitive_opt::<Float32Type>),
+            col!("duration", as_primitive_opt::<Float64Type>),
+            col!("timestamps", as_list_opt::<i32>),
+            col!("frames", as_list_opt::<i32>),
+        )),
+        _ => None,
+    };
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         let row = first_row + i as u64;
         let row_err = |msg: &str| Error::Row { path: path.to_path_buf(), row, msg: msg.to_string() };
         let source_sha256: [u8; 32] = sha.value(i).try_into().map_err(|_| row_err("bad source_sha256"))?;
-        let body = match layout.kind {
-            RecordKind::Image | RecordKind::TextImage => {
-                let label = col!("label", as_primitive_opt::<Int32Type>);
-                let crop = col!("crop_box", as_fixed_size_list_opt);
+        let body = match (&image_cols, &video_cols) {
+            (Some((label, crop, jpegs)), _) => {
                 let crop_box = if crop.is_null(i) {
                     None
                 } else {
@@ -146,25 +165,23 @@ pub fn batch_to_records(
                     let v = v.as_primitive_opt::<Int32Type>().ok_or_else(|| bad_type("crop_box"))?;
                     Some([v.value(0), v.value(1), v.value(2), v.value(3)])
                 };
-                let mut jpegs = Vec::with_capacity(layout.resolutions.len());
-                for &r in &layout.resolutions {
-                    jpegs.push(col!(&jpeg_column(r), as_binary_opt::<i32>).value(i).to_vec());
-                }
+                let jpegs = jpegs.iter().map(|c| c.value(i).to_vec()).collect();
                 Body::Image(ImageBody { label: (!label.is_null(i)).then(|| label.value(i)), crop_box, jpegs })
             }
-            RecordKind::Video => {
-                let ts = col!("timestamps", as_list_opt::<i32>).value(i);
-                let frames = col!("frames", as_list_opt::<i32>).value(i);
+            (None, Some((clip, fps, duration, ts, frames))) => {
+                let ts = ts.value(i);
+                let frames = frames.value(i);
                 let ts = ts.as_primitive_opt::<Float64Type>().ok_or_else(|| bad_type("timestamps"))?;
                 let frames = frames.as_binary_opt::<i32>().ok_or_else(|| bad_type("frames"))?;
                 Body::Video(VideoBody {
-                    clip: col!("clip", as_primitive_opt::<UInt32Type>).value(i),
-                    fps: col!("fps", as_primitive_opt::<Float32Type>).value(i),
-                    duration: col!("duration", as_primitive_opt::<Float64Type>).value(i),
+                    clip: clip.value(i),
+                    fps: fps.value(i),
+                    duration: duration.value(i),
                     timestamps: ts.values().to_vec(),
                     frames: (0..frames.len()).map(|k| frames.value(k).to_vec()).collect(),
                 })
             }
+            (None, None) => return Err(row_err("layout has neither image nor video columns")),
         };
         let text = match text {
             Some((tokens, emb)) if !emb.is_null(i) => {
