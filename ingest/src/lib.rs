@@ -9,15 +9,9 @@
 //! Status: the crate is laid out; sources, decode and embedding land with their issues.
 
 pub mod t5;
-#[cfg(feature = "images")]
 pub mod error;
-#[cfg(feature = "images")]
 pub mod image;
-#[cfg(feature = "images")]
 pub mod pipeline;
-#[cfg(feature = "images")]
 pub mod rejects;
-#[cfg(feature = "images")]
 pub mod settings;
-#[cfg(feature = "images")]
 pub mod sources;

@@ -301,7 +301,6 @@ fn write_ordered(
                     }
                 }
                 Outcome::Rejected(r) => {
-                    c.stats.inputs += 1;
                     c.stats.reject(r.reason.as_str());
                     c.rejects.push(r);
                 }

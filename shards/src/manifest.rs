@@ -60,6 +60,7 @@ impl BuildStats {
         self.inputs == self.written + self.rejected_total()
     }
 
+    /// Counts one rejected input (`inputs` too).
     pub fn reject(&mut self, reason: &str) {
         self.inputs += 1;
         *self.rejected.entry(reason.to_string()).or_default() += 1;
