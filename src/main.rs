@@ -17,6 +17,9 @@ enum Command {
     /// Inspect, verify and merge shard sets.
     #[command(subcommand)]
     Shards(cmd::shards::ShardsCmd),
+    /// See and check the loader's sample order.
+    #[command(subcommand)]
+    Loader(cmd::loader::LoaderCmd),
     /// Run the end-to-end demo on synthetic data (nothing is downloaded).
     Demo(cmd::demo::DemoArgs),
     /// Inspect a (Nested)UNet config, run one forward pass of a (converted ml-mdm) checkpoint.
@@ -33,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Shards(c) => cmd::shards::run(c),
+        Command::Loader(c) => cmd::loader::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Model(c) => cmd::model::run(c),
         Command::T5(c) => cmd::t5::run(c),
