@@ -2,6 +2,7 @@
 //! `cmd::*`, which call into the library crates.
 
 mod cmd;
+mod cuda;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,9 @@ enum Command {
     /// Inspect, verify and merge shard sets.
     #[command(subcommand)]
     Shards(cmd::shards::ShardsCmd),
+    /// Turn datasets as they sit on disk (ImageNet, CC12M) into shards.
+    #[command(subcommand)]
+    Ingest(cmd::ingest::IngestCmd),
     /// See and check the loader's sample order.
     #[command(subcommand)]
     Loader(cmd::loader::LoaderCmd),
@@ -34,8 +38,15 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before anything asks libtorch about CUDA. Without it, CUDA is simply unavailable.
+    if let Err(e) = cuda::load_torch_cuda() {
+        if std::env::var_os("MDM_DEBUG_CUDA").is_some() {
+            eprintln!("libtorch_cuda.so not loaded: {e}");
+        }
+    }
     let result = match cli.command {
         Command::Shards(c) => cmd::shards::run(c),
+        Command::Ingest(c) => cmd::ingest::run(c),
         Command::Loader(c) => cmd::loader::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Model(c) => cmd::model::run(c),
