@@ -51,6 +51,13 @@ if ! $VPY -c "import pyarrow, numpy, safetensors, PIL, typing_extensions, sympy,
     || fail "pip install (Python test dependencies)" "check PyPI access"
 fi
 
+# moto: the S3-compatible server the loader's object-store tests start on loopback.
+if ! $VPY -c "import moto.server" 2>/dev/null; then
+  say "installing moto[server] (S3 test server) into .venv"
+  $VPY -m pip install -q --disable-pip-version-check "moto[server]" \
+    || fail "pip install moto[server]" "check PyPI access"
+fi
+
 # 3. Stable path for LIBTORCH (the site-packages path depends on the Python version)
 TORCH_DIR=$($VPY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/torch
 [ -f "$TORCH_DIR/lib/libtorch_cpu.so" ] || fail "libtorch not found in $TORCH_DIR" "rm -rf .venv and rerun"

@@ -14,6 +14,8 @@
 //!   A 64² sample reads `jpeg_64` when stored, else decodes a larger JPEG with DCT scaling.
 //! - **Pipeline**: a reader thread, crossbeam decode workers (libjpeg-turbo), and an ordered
 //!   assembler; at most `prefetch` steps are in flight, which bounds memory.
+//! - **Object store**: `s3://bucket/prefix` sources are read by ranged GETs of just the needed
+//!   column chunks, through a size-capped disk cache, with retries on timeouts and 5xx.
 //!
 //! ```no_run
 //! use mdm_loader::{LoaderBuilder, LoaderState};
@@ -49,6 +51,7 @@ mod pipeline;
 mod source;
 mod state;
 mod stats;
+mod store;
 
 pub use batch::{Batch, Pixels, TextBatch};
 pub use error::{Corrupt, Error, Result};
@@ -56,3 +59,4 @@ pub use loader::{CorruptPolicy, Loader, LoaderBuilder};
 pub use order::{Composition, Cursor, EpochEnd, Shuffle};
 pub use state::LoaderState;
 pub use stats::Stats;
+pub use store::StoreOptions;

@@ -17,6 +17,7 @@ use crate::order::{Composition, EpochEnd, Planner, SetShape, Shuffle};
 use crate::pipeline::{self, Assembled, Channels, Config};
 use crate::source::{check_mix, Fetcher, Location, Needs, Set};
 use crate::state::LoaderState;
+use crate::store::{is_url, RemoteSet, StoreOptions};
 use crate::stats::{add_time, Shared, Stats};
 
 /// What a corrupt row (checksum mismatch, undecodable JPEG) does.
@@ -53,6 +54,7 @@ pub struct LoaderBuilder {
     cache_bytes: usize,
     resume: Option<LoaderState>,
     order_log: Option<PathBuf>,
+    store: StoreOptions,
 }
 
 impl Default for LoaderBuilder {
@@ -79,6 +81,7 @@ impl Default for LoaderBuilder {
             cache_bytes: 1 << 30,
             resume: None,
             order_log: None,
+            store: StoreOptions::default(),
         }
     }
 }
@@ -214,6 +217,12 @@ impl LoaderBuilder {
         self
     }
 
+    /// Object-store settings for `s3://` sources. Default [`StoreOptions::default`].
+    pub fn store_options(&mut self, options: StoreOptions) -> &mut Self {
+        self.store = options;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |msg: &str| Err(Error::Config(msg.into()));
         if self.world == 0 || self.rank >= self.world {
@@ -244,7 +253,7 @@ impl LoaderBuilder {
     /// Opens the shard sets, checks the settings against them and starts the threads.
     pub fn build(&self) -> Result<Loader> {
         self.validate()?;
-        let sets: Vec<Set> = self.sources.iter().map(|(name, weight)| open_set(name, *weight)).collect::<Result<_>>()?;
+        let sets: Vec<Set> = self.sources.iter().map(|(name, weight)| open_set(name, *weight, &self.store)).collect::<Result<_>>()?;
         let ratio = match &self.ratio {
             Some(r) => r.clone(),
             None => vec![(sets.first().ok_or_else(|| Error::Config("no shard sets given".into()))?.layout().max_resolution(), 1.0)],
@@ -369,7 +378,11 @@ impl LoaderBuilder {
     }
 }
 
-fn open_set(name: &str, weight: f64) -> Result<Set> {
+fn open_set(name: &str, weight: f64, store: &StoreOptions) -> Result<Set> {
+    if is_url(name) {
+        let remote = RemoteSet::open(name, store)?;
+        return Ok(Set { name: name.to_string(), manifest: remote.manifest.clone(), weight, location: Location::Remote(Arc::new(remote)) });
+    }
     let set = ShardSet::open(name)?;
     Ok(Set { name: name.to_string(), manifest: set.manifest.clone(), weight, location: Location::Local(set) })
 }

@@ -10,10 +10,12 @@ use arrow::datatypes::{Int32Type, UInt32Type};
 use mdm_shards::{jpeg_column, Layout, Manifest, RecordKind, ShardReader, ShardSet};
 
 use crate::error::{Corrupt, Error, Result};
+use crate::store::{RemoteSet, RemoteShard};
 
 /// Where a shard set's files are read from.
 pub(crate) enum Location {
     Local(ShardSet),
+    Remote(Arc<RemoteSet>),
 }
 
 /// One opened shard set.
@@ -33,12 +35,14 @@ impl Set {
     fn shard_name(&self, shard: u32) -> String {
         match &self.location {
             Location::Local(set) => set.shard_path(shard as usize).map_or_else(|| format!("shard {shard}"), |p| p.display().to_string()),
+            Location::Remote(r) => r.shard_url(shard as usize),
         }
     }
 
     fn open_shard(&self, shard: u32) -> Result<ShardHandle> {
         match &self.location {
             Location::Local(set) => Ok(ShardHandle::Local(set.reader(shard as usize)?)),
+            Location::Remote(r) => Ok(ShardHandle::Remote(r.open_shard(shard as usize)?)),
         }
     }
 }
@@ -140,24 +144,28 @@ impl Payload {
 
 pub(crate) enum ShardHandle {
     Local(ShardReader),
+    Remote(RemoteShard),
 }
 
 impl ShardHandle {
     fn row_group_offsets(&self) -> Vec<u64> {
         match self {
             ShardHandle::Local(r) => r.row_group_offsets(),
+            ShardHandle::Remote(r) => r.row_group_offsets(),
         }
     }
 
     fn num_rows(&self) -> u64 {
         match self {
             ShardHandle::Local(r) => r.num_rows(),
+            ShardHandle::Remote(r) => r.num_rows(),
         }
     }
 
     fn read_row_group(&self, index: usize, columns: Option<&[&str]>) -> Result<RecordBatch> {
         match self {
             ShardHandle::Local(r) => Ok(r.read_row_group(index, columns)?),
+            ShardHandle::Remote(r) => r.read_row_group(index, columns),
         }
     }
 }
