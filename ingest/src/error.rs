@@ -22,6 +22,8 @@ pub enum Error {
     Resume { path: PathBuf, msg: String },
     #[error("JPEG codec: {0}")]
     Codec(String),
+    #[error("T5 encoder: {0}")]
+    T5(#[from] crate::t5::T5Error),
     #[error(transparent)]
     Shards(#[from] mdm_shards::Error),
 }

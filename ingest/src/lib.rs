@@ -2,11 +2,9 @@
 //! `mdm-shards`, with precomputed T5 text embeddings.
 //!
 //! - [`t5`]: FLAN-T5 text encoder (HF checkpoints, tokenizer, ragged caption embeddings).
-//! - Images (issue 4): [`image`] decode/resize/encode, [`sources`] (ImageNet, CC12M tars and tables),
+//! - Images: [`image`] decode/resize/encode, [`sources`] (ImageNet, CC12M tars and tables),
 //!   [`pipeline`] (bounded, ordered, resumable build), [`settings`], [`rejects`], [`error`];
-//!   behind the `images` feature until they have been built and tested in CI.
-//!
-//! Status: the crate is laid out; sources, decode and embedding land with their issues.
+//! - [`text`]: caption embeddings at ingest (`--t5`) and for existing shard sets (`mdm embed`).
 
 pub mod t5;
 pub mod error;
@@ -15,3 +13,4 @@ pub mod pipeline;
 pub mod rejects;
 pub mod settings;
 pub mod sources;
+pub mod text;

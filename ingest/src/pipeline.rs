@@ -27,6 +27,7 @@ use crate::error::{io, Error};
 use crate::image::Processor;
 use crate::rejects::{Reject, RejectReason, RejectRecord};
 use crate::settings::{ImageSettings, Part};
+use crate::text::{TextSpec, TextStage};
 
 /// Where an input's bytes are.
 #[derive(Debug)]
@@ -63,6 +64,8 @@ pub struct Build {
     pub progress: bool,
     /// Number of inputs of this part when known up front (for the ETA).
     pub total: Option<u64>,
+    /// Embed captions with this T5 encoder (text kinds only).
+    pub text: Option<TextSpec>,
 }
 
 impl Build {
@@ -98,6 +101,8 @@ pub struct Summary {
     pub rejects: PathBuf,
     /// Chunks found complete from an earlier run and kept.
     pub resumed_chunks: u64,
+    /// Encoder counters of this run (captions embedded now, not in kept chunks).
+    pub t5: Option<crate::t5::EncodeStats>,
 }
 
 impl std::fmt::Display for Summary {
@@ -111,6 +116,9 @@ impl std::fmt::Display for Summary {
         write!(f, "; {} shards, manifest {}", self.shards, self.manifest.display())?;
         if self.resumed_chunks > 0 {
             write!(f, "; {} chunks kept from an earlier run", self.resumed_chunks)?;
+        }
+        if let Some(t) = &self.t5 {
+            write!(f, "; T5: {} captions embedded, {} truncated, {} tokens", t.encoded, t.truncated, t.tokens)?;
         }
         Ok(())
     }
@@ -137,6 +145,39 @@ struct OpenChunk {
     writer: Option<ShardWriter>,
     stats: BuildStats,
     rejects: Vec<RejectRecord>,
+    /// Records waiting for their caption embeddings (in order).
+    pending: Vec<Record>,
+}
+
+impl OpenChunk {
+    fn accept(&mut self, record: Record) -> Result<(), Error> {
+        self.stats.inputs += 1;
+        self.stats.written += 1;
+        if let Some(w) = self.writer.as_mut() {
+            w.write(record)?;
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, r: RejectRecord) {
+        self.stats.reject(r.reason.as_str());
+        self.rejects.push(r);
+    }
+
+    /// Embeds and writes the pending records.
+    fn flush(&mut self, text: &mut Option<TextStage>) -> Result<(), Error> {
+        let Some(stage) = text.as_mut() else { return Ok(()) };
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        for r in stage.embed(std::mem::take(&mut self.pending))? {
+            match r {
+                Ok(record) => self.accept(record)?,
+                Err(rej) => self.reject(rej),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs a build over `inputs` (this part's, in order). Errors of the iterator stop the run.
@@ -145,6 +186,25 @@ where
     I: Iterator<Item = Result<Input, Error>> + Send,
 {
     build.settings.validate()?;
+    let mut text = match &build.text {
+        Some(spec) if build.kind.has_text() => Some(TextStage::load(spec)?),
+        Some(_) => return Err(Error::Settings("T5 embeddings need a captioned source".into())),
+        None => None,
+    };
+    // The encoder's provenance is part of the settings: a resume with another one is refused.
+    let with_text;
+    let build = match &text {
+        Some(stage) => {
+            let mut b = build.clone();
+            if let Some(o) = b.manifest_settings.as_object_mut() {
+                o.insert("t5".into(), stage.settings());
+            }
+            with_text = b;
+            &with_text
+        }
+        None => build,
+    };
+    let encoder_info = text.as_ref().map(|t| t.info().clone());
     let layout = Layout::new(build.kind, build.settings.resolutions()).map_err(Error::Settings)?;
     fs::create_dir_all(&build.out).map_err(io(&build.out))?;
     let n = build.settings.shard_inputs;
@@ -194,7 +254,7 @@ where
         }
         drop(in_rx);
         drop(out_tx);
-        let written = write_ordered(build, &layout, first_seq, out_rx, token_tx, &bar);
+        let written = write_ordered(build, &layout, &mut text, first_seq, out_rx, token_tx, &bar);
         // Unblock and join everything before looking at the results.
         let total = reader.join().map_err(|_| Error::Codec("reader thread panicked".into()))?;
         for w in workers {
@@ -206,7 +266,9 @@ where
     });
     bar.finish_and_clear();
     let (total, resumed) = result?;
-    finish(build, total, resumed)
+    let mut summary = finish(build, encoder_info, total, resumed)?;
+    summary.t5 = text.as_ref().map(TextStage::stats);
+    Ok(summary)
 }
 
 fn read_inputs<I>(inputs: I, first_seq: u64, tx: Sender<(u64, Input)>, tokens: Receiver<()>) -> Result<u64, Error>
@@ -274,6 +336,7 @@ fn process_one(processor: &mut Processor, kind: RecordKind, input: Input) -> Out
 fn write_ordered(
     build: &Build,
     layout: &Layout,
+    text: &mut Option<TextStage>,
     first_seq: u64,
     rx: Receiver<(u64, Result<Outcome, Error>)>,
     tokens: Sender<()>,
@@ -289,25 +352,22 @@ fn write_ordered(
             let k = next / n;
             let c = match chunk.take() {
                 Some(c) => c,
-                None => open_chunk(build, layout, k)?,
+                None => open_chunk(build, layout, encoder_of(text), k)?,
             };
             let c = chunk.insert(c);
             match outcome {
-                Outcome::Written(record) => {
-                    c.stats.inputs += 1;
-                    c.stats.written += 1;
-                    if let Some(w) = c.writer.as_mut() {
-                        w.write(*record)?;
+                Outcome::Written(record) if text.is_some() => {
+                    c.pending.push(*record);
+                    if c.pending.len() >= text.as_ref().map_or(1, TextStage::chunk) {
+                        c.flush(text)?;
                     }
                 }
-                Outcome::Rejected(r) => {
-                    c.stats.reject(r.reason.as_str());
-                    c.rejects.push(r);
-                }
+                Outcome::Written(record) => c.accept(*record)?,
+                Outcome::Rejected(r) => c.reject(r),
             }
             if next % n == n - 1 {
                 if let Some(c) = chunk.take() {
-                    close_chunk(build, c)?;
+                    close_chunk(build, c, text)?;
                 }
             }
             next += 1;
@@ -316,25 +376,31 @@ fn write_ordered(
         }
     }
     if let Some(c) = chunk.take() {
-        close_chunk(build, c)?;
+        close_chunk(build, c, text)?;
     }
     Ok(())
 }
 
-fn open_chunk(build: &Build, layout: &Layout, k: u64) -> Result<OpenChunk, Error> {
+fn encoder_of(text: &Option<TextStage>) -> Option<mdm_shards::TextEncoderInfo> {
+    text.as_ref().map(|t| t.info().clone())
+}
+
+fn open_chunk(build: &Build, layout: &Layout, encoder: Option<mdm_shards::TextEncoderInfo>, k: u64) -> Result<OpenChunk, Error> {
     let first_index = u32::try_from(k).map_err(|_| Error::Settings(format!("chunk index {k} too large")))?;
     let opts = WriterOptions {
         prefix: build.prefix(),
         first_index,
         max_shard_bytes: u64::MAX,
         max_shard_rows: None,
+        text_encoder: encoder,
         ..WriterOptions::default()
     };
     let writer = ShardWriter::try_new(&build.out, layout.clone(), opts)?;
-    Ok(OpenChunk { k, writer: Some(writer), stats: BuildStats::default(), rejects: Vec::new() })
+    Ok(OpenChunk { k, writer: Some(writer), stats: BuildStats::default(), rejects: Vec::new(), pending: Vec::new() })
 }
 
-fn close_chunk(build: &Build, mut c: OpenChunk) -> Result<(), Error> {
+fn close_chunk(build: &Build, mut c: OpenChunk, text: &mut Option<TextStage>) -> Result<(), Error> {
+    c.flush(text)?;
     let shards = match c.writer.take() {
         Some(w) => w.close()?,
         None => Vec::new(),
@@ -361,11 +427,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// Manifest and rejects list from all sidecars of this part.
-fn finish(build: &Build, total: u64, resumed: u64) -> Result<Summary, Error> {
+fn finish(build: &Build, encoder: Option<mdm_shards::TextEncoderInfo>, total: u64, resumed: u64) -> Result<Summary, Error> {
     let layout = Layout::new(build.kind, build.settings.resolutions()).map_err(Error::Settings)?;
     let n = build.settings.shard_inputs;
     let chunks = total.div_ceil(n);
-    let mut manifest = Manifest::new(&layout, None);
+    let mut manifest = Manifest::new(&layout, encoder);
     manifest.classes = build.classes.clone();
     manifest.settings = Some(build.manifest_settings.clone());
     let mut rejects = Vec::new();
@@ -403,5 +469,6 @@ fn finish(build: &Build, total: u64, resumed: u64) -> Result<Summary, Error> {
         manifest: manifest_path,
         rejects: rejects_path,
         resumed_chunks: resumed,
+        t5: None,
     })
 }

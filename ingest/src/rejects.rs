@@ -22,6 +22,8 @@ pub enum RejectReason {
     TooSmall,
     /// Caption missing, not UTF-8 or empty after whitespace normalisation.
     BadCaption,
+    /// Caption over the T5 token limit under `--long-captions reject`.
+    LongCaption,
     /// A url with no local file.
     NotDownloaded,
     /// Tar member with an absolute or `..` path.
@@ -46,6 +48,7 @@ impl RejectReason {
             RejectReason::DecompressionBomb => "decompression-bomb",
             RejectReason::TooSmall => "too-small",
             RejectReason::BadCaption => "bad-caption",
+            RejectReason::LongCaption => "long-caption",
             RejectReason::NotDownloaded => "not-downloaded",
             RejectReason::UnsafePath => "unsafe-path",
             RejectReason::NoLabel => "no-label",

@@ -252,7 +252,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
         cc12m_tar(&tars.join(format!("{t:05}.tar")), t * 100, 5);
     }
     std::fs::write(tars.join("00000.parquet"), b"img2dataset sidecar, ignored").unwrap();
-    let opts = Cc12mOptions { src: format!("{}/{{00000..00002}}.tar", tars.display()), image_root: None };
+    let opts = Cc12mOptions { src: format!("{}/{{00000..00002}}.tar", tars.display()), image_root: None, text: None };
     let full = tmp.path().join("full");
     let sum = cc12m::ingest(&opts, &settings(), &run_opts(&full, 2, None)).unwrap();
     assert_eq!(sum.stats.written, 15);
@@ -268,7 +268,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
     assert_eq!(ShardSet::open(&full).unwrap().manifest.kind, mdm_shards::RecordKind::TextImage);
     // a folder of tars is the same input
     let dir_out = tmp.path().join("dir");
-    let o = Cc12mOptions { src: tars.display().to_string(), image_root: None };
+    let o = Cc12mOptions { src: tars.display().to_string(), image_root: None, text: None };
     cc12m::ingest(&o, &settings(), &run_opts(&dir_out, 1, None)).unwrap();
     assert_eq!(snapshot(&full), snapshot(&dir_out));
 
@@ -323,7 +323,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
     )
     .unwrap();
     let t_out = tmp.path().join("table_out");
-    let o = Cc12mOptions { src: tsv.display().to_string(), image_root: Some(imgs) };
+    let o = Cc12mOptions { src: tsv.display().to_string(), image_root: Some(imgs), text: None };
     let s = cc12m::ingest(&o, &settings(), &run_opts(&t_out, 2, None)).unwrap();
     assert_eq!(s.stats.written, 2);
     assert_eq!(s.stats.rejected.get("not-downloaded"), Some(&1));

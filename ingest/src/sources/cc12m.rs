@@ -34,6 +34,8 @@ pub struct Cc12mOptions {
     pub src: String,
     /// Root of relative image paths of a table.
     pub image_root: Option<PathBuf>,
+    /// Embed the captions inline with this T5 encoder (`--t5 DIR`).
+    pub text: Option<crate::text::TextSpec>,
 }
 
 const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
@@ -57,6 +59,7 @@ pub fn ingest(opts: &Cc12mOptions, settings: &ImageSettings, run: &RunOptions) -
         threads: run.threads(),
         progress: run.progress,
         total: None,
+        text: opts.text.clone(),
     };
     if !opts.src.contains('{') && matches!(ext.as_str(), "tsv" | "csv" | "parquet") {
         let root = opts.image_root.clone().unwrap_or_else(|| src.parent().map(Path::to_path_buf).unwrap_or_default());

@@ -281,6 +281,7 @@ fn build_for(
         threads: run.threads(),
         progress: run.progress,
         total,
+        text: None,
     }
 }
 
