@@ -21,6 +21,8 @@ enum Command {
     /// Turn datasets as they sit on disk (ImageNet, CC12M) into shards.
     #[command(subcommand)]
     Ingest(cmd::ingest::IngestCmd),
+    /// Add or replace T5 caption embeddings of a text shard set (writes a new set).
+    Embed(cmd::embed::EmbedArgs),
     /// See and check the loader's sample order.
     #[command(subcommand)]
     Loader(cmd::loader::LoaderCmd),
@@ -47,6 +49,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Shards(c) => cmd::shards::run(c),
         Command::Ingest(c) => cmd::ingest::run(c),
+        Command::Embed(a) => cmd::embed::run(a),
         Command::Loader(c) => cmd::loader::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Model(c) => cmd::model::run(c),

@@ -122,3 +122,54 @@ fn kill_9_then_rerun_is_byte_identical() {
     }
     assert!(snapshot(&killed) == snapshot(&reference), "resumed output differs from the uninterrupted run");
 }
+
+/// `mdm make-tiny-t5` → `mdm ingest cc12m --t5` embeds inline; `mdm embed` on a plain ingest of
+/// the same table gives the same rows; `inspect` shows the encoder; the source is untouched.
+#[test]
+fn cc12m_with_t5_inline_and_embed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let mut tsv = String::from("url\tcaption\n");
+    for i in 0..6u32 {
+        put(&dir.join(format!("img/{i}.jpg")), &jpeg(70 + i, 60, i));
+        tsv.push_str(&format!("{i}.jpg\ta small photo number {i} of the dog\n"));
+    }
+    tsv.push_str("https://example.com/gone.jpg\ta url that was never downloaded\n");
+    put(&dir.join("t.tsv"), tsv.as_bytes());
+    let t5 = dir.join("t5");
+    ok(&["make-tiny-t5", t5.to_str().expect("utf8")]);
+    let (table, root, model) = (dir.join("t.tsv"), dir.join("img"), t5.to_str().expect("utf8").to_string());
+    let base = |out: &Path| -> Vec<String> {
+        ["ingest", "cc12m", "--src", table.to_str().expect("utf8"), "--image-root", root.to_str().expect("utf8"), "--out", out.to_str().expect("utf8")]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--resolution", "32", "--shard-inputs", "4", "--quiet", "--t5-device", "cpu"].iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let inline = dir.join("inline");
+    let mut a = base(&inline);
+    a.extend(["--t5".to_string(), model.clone()]);
+    let text = ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(text.contains("in 7 = written 6 + rejected 1 (not-downloaded 1)"), "{text}");
+    assert!(text.contains("T5: 6 captions embedded"), "{text}");
+    let inspect = ok(&["shards", "inspect", inline.to_str().expect("utf8")]);
+    assert!(inspect.contains("f16") && inspect.to_lowercase().contains("encoder"), "{inspect}");
+
+    let plain = dir.join("plain");
+    ok(&base(&plain).iter().map(String::as_str).collect::<Vec<_>>());
+    let before = snapshot(&plain);
+    let embedded = dir.join("embedded");
+    let text = ok(&["embed", "--shards", plain.to_str().expect("utf8"), "--out", embedded.to_str().expect("utf8"), "--t5", &model, "--t5-device", "cpu", "--quiet"]);
+    assert!(text.contains("rows 6 = embedded 6 + rejected 0"), "{text}");
+    assert!(text.contains("set: in 7 = written 6 + rejected 1"), "{text}");
+    ok(&["shards", "verify", embedded.to_str().expect("utf8")]);
+    assert!(snapshot(&plain) == before, "mdm embed changed its source");
+    let (a, b) = (snapshot(&embedded), snapshot(&inline));
+    for (name, bytes) in &b {
+        if name.ends_with(".parquet") {
+            assert!(a.get(name) == Some(bytes), "{name}: embed after ingest differs from inline");
+        }
+    }
+    let out = mdm(&["embed", "--shards", plain.to_str().expect("utf8"), "--out", dir.join("x").to_str().expect("utf8")]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--t5"));
+}

@@ -12,6 +12,8 @@ use mdm_ingest::settings::{Crop, ImageSettings, Part, SmallPolicy};
 use mdm_ingest::sources::cc12m::{self, Cc12mOptions};
 use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
 use mdm_ingest::sources::RunOptions;
+use mdm_ingest::t5::{EncodeOptions, LongCaptions, StorageDtype, T5Device, T5Dtype};
+use mdm_ingest::text::TextSpec;
 
 #[derive(Subcommand)]
 pub enum IngestCmd {
@@ -109,7 +111,62 @@ pub struct Cc12mArgs {
     #[arg(long)]
     image_root: Option<PathBuf>,
     #[command(flatten)]
+    t5: T5Args,
+    #[command(flatten)]
     common: Common,
+}
+
+/// The T5 encoder that embeds captions (inline at ingest, or `mdm embed`).
+#[derive(Args)]
+pub struct T5Args {
+    /// Hugging Face T5 folder (config.json, model.safetensors or sharded, tokenizer.json);
+    /// captions are embedded and stored ragged in the shards.
+    #[arg(long = "t5", value_name = "MODEL_DIR")]
+    pub model: Option<PathBuf>,
+    /// Compute dtype of the encoder: f32 or bf16.
+    #[arg(long = "t5-dtype", default_value = "f32")]
+    pub dtype: T5Dtype,
+    /// Stored dtype of the embeddings.
+    #[arg(long = "t5-storage", value_enum, default_value = "f16")]
+    pub storage: StorageArg,
+    /// cpu, cuda, cuda:N or auto (CUDA when available).
+    #[arg(long = "t5-device", default_value = "auto")]
+    pub device: T5Device,
+    /// Token limit per caption, </s> included.
+    #[arg(long, default_value_t = mdm_ingest::t5::DEFAULT_MAX_TOKENS)]
+    pub max_tokens: usize,
+    /// Longer captions: truncate (default) or reject (`long-caption`, what ml-mdm does).
+    #[arg(long, default_value = "truncate")]
+    pub long_captions: LongCaptions,
+    /// Captions per forward pass (sorted by length within windows of 16 batches).
+    #[arg(long = "t5-batch", default_value_t = 64)]
+    pub batch: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StorageArg {
+    F16,
+    Bf16,
+}
+
+impl T5Args {
+    /// The spec, when `--t5` was given.
+    pub fn spec(&self) -> Option<TextSpec> {
+        let model_dir = self.model.clone()?;
+        let options = EncodeOptions {
+            dtype: self.dtype,
+            device: self.device,
+            max_tokens: self.max_tokens,
+            long_captions: self.long_captions,
+            batch_size: self.batch,
+            sort_window: self.batch.saturating_mul(16),
+        };
+        let storage = match self.storage {
+            StorageArg::F16 => StorageDtype::F16,
+            StorageArg::Bf16 => StorageDtype::Bf16,
+        };
+        Some(TextSpec { model_dir, options, storage })
+    }
 }
 
 impl Common {
@@ -172,7 +229,7 @@ pub fn run(cmd: IngestCmd) -> Result<ExitCode> {
         }
         IngestCmd::Cc12m(a) => {
             let (settings, run) = a.common.resolve()?;
-            let opts = Cc12mOptions { src: a.src.clone(), image_root: a.image_root };
+            let opts = Cc12mOptions { src: a.src.clone(), image_root: a.image_root, text: a.t5.spec() };
             cc12m::ingest(&opts, &settings, &run).with_context(|| format!("ingest cc12m {}", a.src))?
         }
     };

@@ -1,6 +1,7 @@
 //! One module per subcommand: clap arguments plus a `run` that returns an exit code.
 
 pub mod demo;
+pub mod embed;
 pub mod ingest;
 pub mod loader;
 pub mod make_tiny_t5;
