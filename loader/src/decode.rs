@@ -57,14 +57,19 @@ impl Decoder {
 /// HWC to CHW, mirrored horizontally when `flip`.
 fn to_chw(rgb: &[u8], side: usize, flip: bool, out: &mut [u8]) {
     let plane = side * side;
-    for y in 0..side {
-        let row = &rgb[3 * y * side..3 * (y + 1) * side];
-        for x in 0..side {
-            let ox = if flip { side - 1 - x } else { x };
-            let at = y * side + ox;
-            out[at] = row[3 * x];
-            out[plane + at] = row[3 * x + 1];
-            out[2 * plane + at] = row[3 * x + 2];
+    let (r, rest) = out[..3 * plane].split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    let rows = rgb.chunks_exact(3 * side).zip(r.chunks_exact_mut(side)).zip(g.chunks_exact_mut(side)).zip(b.chunks_exact_mut(side));
+    for (((src, r), g), b) in rows {
+        // Zipped iterators: no bounds checks in the inner loop.
+        let dst = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
+        let put = |((r, g), b): ((&mut u8, &mut u8), &mut u8), px: &[u8]| {
+            (*r, *g, *b) = (px[0], px[1], px[2]);
+        };
+        if flip {
+            dst.rev().zip(src.chunks_exact(3)).for_each(|(d, px)| put(d, px));
+        } else {
+            dst.zip(src.chunks_exact(3)).for_each(|(d, px)| put(d, px));
         }
     }
 }

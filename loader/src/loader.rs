@@ -374,6 +374,7 @@ impl LoaderBuilder {
             started: Instant::now(),
             batches: 0,
             samples: 0,
+            skipped: 0,
         })
     }
 }
@@ -421,6 +422,7 @@ pub struct Loader {
     started: Instant,
     batches: u64,
     samples: u64,
+    skipped: u64,
 }
 
 impl Loader {
@@ -430,7 +432,7 @@ impl Loader {
     }
 
     pub fn stats(&self) -> Stats {
-        self.shared.snapshot(self.batches, self.samples, self.started)
+        self.shared.snapshot((self.batches, self.samples, self.skipped), self.started)
     }
 
     /// Samples in one loader epoch (over all ranks): the rows of all sets together.
@@ -465,8 +467,12 @@ impl Iterator for Loader {
         let _ = self.tokens.try_recv();
         let result = match received {
             Err(_) => Err(Error::Pipeline("the loader threads stopped".into())),
-            Ok(Err(e)) => Err(e),
+            Ok(Err(e)) => {
+                self.skipped += matches!(e, Error::Corrupt(_)) as u64;
+                Err(e)
+            }
             Ok(Ok((mut batch, cursor, _))) => {
+                self.skipped += batch.skipped.len() as u64;
                 batch.step = self.state.steps;
                 self.state.steps += 1;
                 self.state.cursor = cursor;

@@ -241,7 +241,6 @@ fn build(cfg: &Config, mut p: Pending, shared: &Shared) -> Assembled {
     for (slot, planned) in plan.samples.iter().enumerate() {
         match p.done.remove(&slot).expect("complete steps have every slot") {
             Err(corrupt) => {
-                shared.skipped.fetch_add(1, Relaxed);
                 if cfg.corrupt == CorruptPolicy::Fail {
                     return Err(Error::Corrupt(corrupt));
                 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub struct Stats {
     pub batches: u64,
     pub samples: u64,
-    /// Corrupt rows skipped.
+    /// Corrupt rows in the batches yielded (skipped, or the one that failed the run).
     pub skipped: u64,
     pub elapsed: Duration,
     pub samples_per_sec: f64,
@@ -30,14 +30,14 @@ pub struct Stats {
     pub peak_in_flight_bytes: u64,
     /// Row-group cache size at the peak.
     pub peak_cache_bytes: u64,
-    /// Mean distance, in stored order and divided by the rows of all sets, between samples
-    /// yielded one after the other: about 1/3 for a uniform shuffle, near 0 for none.
+    /// Mean distance, in stored order and divided by the rows of all sets, between consecutive
+    /// samples of this rank's order (steps assembled so far, which may run `prefetch` steps
+    /// ahead of those yielded): about 1/3 for a uniform shuffle, near 0 for none.
     pub shuffle_quality: f64,
 }
 
 #[derive(Default)]
 pub(crate) struct Shared {
-    pub skipped: AtomicU64,
     pub consumer_wait_ns: AtomicU64,
     pub reader_backpressure_ns: AtomicU64,
     pub reader_io_ns: AtomicU64,
@@ -83,14 +83,14 @@ impl Shared {
         }
     }
 
-    pub(crate) fn snapshot(&self, batches: u64, samples: u64, started: Instant) -> Stats {
+    pub(crate) fn snapshot(&self, (batches, samples, skipped): (u64, u64, u64), started: Instant) -> Stats {
         let t = |c: &AtomicU64| Duration::from_nanos(c.load(Relaxed));
         let elapsed = started.elapsed();
         let n = self.neighbours.lock().expect("stats lock");
         Stats {
             batches,
             samples,
-            skipped: self.skipped.load(Relaxed),
+            skipped,
             elapsed,
             samples_per_sec: samples as f64 / elapsed.as_secs_f64().max(1e-9),
             consumer_wait: t(&self.consumer_wait_ns),
