@@ -12,7 +12,7 @@ fail() { printf '\033[1;31m[setup] FAILED:\033[0m %s\n' "$1" >&2; printf '      
 TORCH_VERSION=2.11.0
 APT_PKGS=(pkg-config clang libclang-dev nasm ffmpeg libavcodec-dev libavformat-dev libavutil-dev
           libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev libturbojpeg0-dev
-          python3-venv)
+          python3-venv protobuf-compiler)
 
 # 1. Debian packages
 missing=()

@@ -36,6 +36,10 @@ enum Command {
     T5(cmd::t5::T5Cmd),
     /// Write a seeded random (untrained) tiny T5 and tokenizer.json, for demos and tests.
     MakeTinyT5(cmd::make_tiny_t5::Args),
+    /// Train a (Nested)UNet from shards: checkpoints, exact resume, logs.
+    Train(cmd::train::TrainArgs),
+    /// Sample a checkpoint into a PNG grid of every level's output.
+    Sample(cmd::sample::SampleArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +59,8 @@ fn main() -> std::process::ExitCode {
         Command::Model(c) => cmd::model::run(c),
         Command::T5(c) => cmd::t5::run(c),
         Command::MakeTinyT5(a) => cmd::make_tiny_t5::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Sample(a) => cmd::sample::run(a),
     };
     match result {
         Ok(code) => code,

@@ -6,5 +6,7 @@ pub mod ingest;
 pub mod loader;
 pub mod make_tiny_t5;
 pub mod model;
+pub mod sample;
 pub mod shards;
 pub mod t5;
+pub mod train;

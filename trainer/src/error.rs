@@ -30,6 +30,9 @@ pub enum Error {
     /// A tensor given to the model or the diffusion has the wrong name, shape or kind.
     #[error("bad input{}: {msg}", path_suffix(.path))]
     Input { path: Option<PathBuf>, msg: String },
+    /// Training produced a non-finite loss or gradient; the weights were not updated.
+    #[error("step {step}: non-finite loss {loss} or gradient norm {grad_norm}; stopped before updating the weights (last good checkpoint: {})", .checkpoint.as_ref().map_or("none".to_string(), |p| p.display().to_string()))]
+    NonFinite { step: u64, loss: f64, grad_norm: f64, checkpoint: Option<PathBuf> },
     /// libtorch reported an error (with the file involved, if any).
     #[error("libtorch{}: {source}", path_suffix(.path))]
     Torch {

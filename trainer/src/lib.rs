@@ -7,7 +7,9 @@
 //! - [`diffusion`]: schedule, multi-resolution training loss and samplers, apart from the
 //!   network;
 //! - [`growth`]: initialising a NestedUNet from a lower-resolution checkpoint;
-//! - [`weights`]: safetensors checkpoints under ml-mdm's key names.
+//! - [`weights`]: safetensors checkpoints under ml-mdm's key names;
+//! - [`train`]: training runs (config, AdamW/EMA, checkpoints, exact resume, logs);
+//! - [`sample`]: sampling a checkpoint into PNG grids of every level.
 //!
 //! ```no_run
 //! use mdm_trainer::{config::ModelConfig, diffusion::NestedDiffusion, model::{Conditioning, MdmUNet, Micros}};
@@ -40,6 +42,8 @@ pub mod error;
 pub mod growth;
 pub mod model;
 pub mod run;
+pub mod sample;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -192,6 +192,50 @@ impl NestedDiffusion {
         self.inputs(images, eps, &time)
     }
 
+    /// Inputs for a batch whose samples start at different levels (the loader's
+    /// mixed-resolution batches): `groups[i]` holds the samples drawn at level i's side
+    /// (possibly none). Level i trains on the samples of groups 0..=i, the outer ones
+    /// average-pooled down, so `x_t[i]` has their count of rows; `time` covers the whole batch
+    /// in group order. Draws the noise with libtorch's RNG.
+    pub fn inputs_grouped(&self, groups: &[Tensor], time: &Tensor) -> Result<TrainInputs> {
+        if groups.len() != self.levels() {
+            return Err(Error::input(format!("{} image groups for {} levels", groups.len(), self.levels())));
+        }
+        let mut images: Vec<Tensor> = vec![];
+        for (i, g) in groups.iter().enumerate() {
+            let x = match images.last() {
+                None => g.shallow_clone(),
+                Some(prev) => {
+                    let rr = self.scales[i - 1] / self.scales[i];
+                    let pooled = prev.avg_pool2d([rr, rr], [rr, rr], [0, 0], false, true, None);
+                    Tensor::cat(&[&pooled, g], 0)
+                }
+            };
+            images.push(x);
+        }
+        let b = time.size()[0];
+        if images.last().map(|x| x.size()[0]) != Some(b) {
+            return Err(Error::input("time must have one entry per sample of all groups"));
+        }
+        let (mut gamma, mut gamma_last, mut x_t, mut targets, mut eps) = (vec![], vec![], vec![], vec![], vec![]);
+        let tgt = self.cfg.loss_target();
+        for (i, x) in images.iter().enumerate() {
+            let n = x.size()[0];
+            let t = time.narrow(0, 0, n);
+            let e = x.randn_like();
+            let g = self.schedule.gamma(i, &(&t + 1));
+            let gl = self.schedule.gamma(i, &t);
+            let xs = x / self.signal_scale[i];
+            let gb = b4(&g);
+            x_t.push(gb.sqrt() * &xs + (gb.ones_like() - &gb).sqrt() * &e);
+            targets.push(target(&xs, &e, &g, tgt));
+            gamma.push(g);
+            gamma_last.push(gl);
+            eps.push(e);
+        }
+        Ok(TrainInputs { time: time.shallow_clone(), gamma, gamma_last, images, eps, x_t, targets })
+    }
+
     /// Batch size each level's network input keeps (mixed-resolution batches).
     pub fn level_batch(&self, batch: i64) -> Vec<i64> {
         match &self.mixed {
@@ -207,7 +251,7 @@ impl NestedDiffusion {
             .x_t
             .iter()
             .zip(self.level_batch(b))
-            .map(|(x, n)| x.narrow(0, 0, n))
+            .map(|(x, n)| x.narrow(0, 0, n.min(x.size()[0])))
             .collect()
     }
 
@@ -228,7 +272,9 @@ impl NestedDiffusion {
         let mut per_level = vec![];
         let mut pft = vec![];
         for i in 0..self.levels() {
-            let n = nb[i];
+            // Rows of this level's inputs: the whole batch, or fewer for grouped inputs.
+            let rows = inputs.x_t[i].size()[0];
+            let n = nb[i].min(rows);
             let p = &preds[i];
             if p.size()[0] != n {
                 return Err(Error::input(format!(
@@ -237,9 +283,9 @@ impl NestedDiffusion {
                 )));
             }
             // Pad to the full batch with zeros (rows past the level's share are discarded).
-            let p = if n < b {
+            let p = if n < rows {
                 let mut shape = p.size();
-                shape[0] = b - n;
+                shape[0] = rows - n;
                 Tensor::cat(
                     &[p, &Tensor::zeros(shape.as_slice(), (p.kind(), p.device()))],
                     0,
@@ -262,7 +308,7 @@ impl NestedDiffusion {
                     Kind::Float,
                 )
             } else {
-                pred.mean(Kind::Float) * 0.0 * Tensor::ones([b], (Kind::Float, pred.device()))
+                pred.sum(Kind::Float) * 0.0 * Tensor::ones([rows], (Kind::Float, pred.device()))
             };
             if let Some(m) = &self.mixed {
                 if i == 0 || self.cfg.use_double_loss {
@@ -271,6 +317,12 @@ impl NestedDiffusion {
                         .to_kind(Kind::Float);
                     l = l / m[i] * keep;
                 }
+            } else if rows < b {
+                // Grouped inputs: the level's share of the batch is rows/b; renormalise like
+                // ml-mdm's mixed_ratio and leave the other samples at zero.
+                let share = rows as f64 / b as f64;
+                l = if rows > 0 { l / share } else { l };
+                l = l.constant_pad_nd([0, b - rows]);
             }
             per_level.push(l * self.weights[i]);
             pft.push(pred);

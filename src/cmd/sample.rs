@@ -1,0 +1,149 @@
+//! `mdm sample`: sample a checkpoint into a PNG grid of every level's output.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use mdm_ingest::t5::{EncodeOptions, TextEncoder};
+use mdm_trainer::diffusion::SampleOptions;
+use mdm_trainer::model::Conditioning;
+use mdm_trainer::sample::{grid, png_bytes, Sampler};
+use mdm_trainer::tch::{Device, Kind, Tensor};
+use mdm_trainer::train::config::{CondKind, DeviceChoice};
+use mdm_trainer::train::pick_device;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SamplerKind {
+    Ddpm,
+    Ddim,
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// A checkpoint folder, or a run folder (its newest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text prompt (text models; repeat for several). Needs --t5.
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// The T5 encoder the shards were embedded with (Hugging Face layout).
+    #[arg(long)]
+    t5: Option<PathBuf>,
+    /// Class index (class models; repeat for several).
+    #[arg(long)]
+    class: Vec<i64>,
+    /// Samples per prompt/class (or in all, for unconditional models).
+    #[arg(long, default_value_t = 4)]
+    count: i64,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale (1 = off).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    #[arg(long, value_enum, default_value = "ddpm")]
+    sampler: SamplerKind,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    no_ema: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+pub fn run(a: SampleArgs) -> Result<ExitCode> {
+    let device = pick_device(match a.device {
+        DeviceArg::Auto => DeviceChoice::Auto,
+        DeviceArg::Cpu => DeviceChoice::Cpu,
+        DeviceArg::Cuda => DeviceChoice::Cuda,
+    })?;
+    let s = Sampler::load(&a.checkpoint, !a.no_ema, device)?;
+    if a.count < 1 {
+        bail!("--count must be at least 1");
+    }
+    let cond = match s.cond_kind() {
+        CondKind::Class => {
+            if a.class.is_empty() || !a.prompt.is_empty() {
+                bail!("this model is class-conditional: give --class N (and no --prompt)");
+            }
+            let classes = s.model.null_class().unwrap_or(0);
+            if let Some(c) = a.class.iter().find(|c| !(0..classes).contains(*c)) {
+                bail!("--class {c} is out of range 0..{classes}");
+            }
+            let labels: Vec<i64> = a.class.iter().flat_map(|c| std::iter::repeat_n(*c, a.count as usize)).collect();
+            Conditioning::Class(Tensor::from_slice(&labels).to_device(device))
+        }
+        CondKind::Text => {
+            let t5 = a.t5.as_ref().context("this model is text-conditional: give --prompt TEXT and --t5 MODEL_DIR")?;
+            if a.prompt.is_empty() || !a.class.is_empty() {
+                bail!("this model is text-conditional: give --prompt TEXT (and no --class)");
+            }
+            encode_prompts(t5, &a.prompt, a.count, device)?
+        }
+        CondKind::None => {
+            if !a.prompt.is_empty() || !a.class.is_empty() {
+                bail!("this model is unconditional: give neither --prompt nor --class");
+            }
+            Conditioning::None
+        }
+    };
+    let n = match &cond {
+        Conditioning::Text { tokens, .. } => tokens.size()[0],
+        Conditioning::Class(c) => c.size()[0],
+        Conditioning::None => a.count,
+    };
+    let opts = SampleOptions {
+        steps: Some(a.steps),
+        ddim_eta: match a.sampler {
+            SamplerKind::Ddpm => None,
+            SamplerKind::Ddim => Some(0.0),
+        },
+        guidance_scale: a.guidance,
+        threshold: None,
+    };
+    let levels = s.sample(&cond, n, a.seed, &opts)?;
+    let (w, h, rgb) = grid(&levels)?;
+    std::fs::write(&a.out, png_bytes(w, h, rgb)?).with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "wrote {} ({w}x{h}: {} levels {:?} × {n} samples) from {}",
+        a.out.display(),
+        levels.len(),
+        s.run.sides,
+        s.checkpoint.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Encodes each prompt (rounded through f16, as the shards store it), `count` rows each.
+fn encode_prompts(t5: &std::path::Path, prompts: &[String], count: i64, device: Device) -> Result<Conditioning> {
+    let mut enc = TextEncoder::from_dir(t5, EncodeOptions::default())?;
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let encoded = enc.encode(&refs)?;
+    let d = enc.dim() as i64;
+    let t = encoded.iter().flatten().map(|e| e.tokens()).max().unwrap_or(1) as i64;
+    let (mut tokens, mut masks) = (vec![], vec![]);
+    for (p, e) in prompts.iter().zip(&encoded) {
+        let e = e.as_ref().with_context(|| format!("prompt {p:?} was rejected by the encoder (too long?)"))?;
+        let n = e.tokens() as i64;
+        let x = Tensor::from_slice(&e.states).view([1, n, d]).constant_pad_nd([0, 0, 0, t - n]);
+        let m = Tensor::ones([1, n], (Kind::Float, Device::Cpu)).constant_pad_nd([0, t - n]);
+        for _ in 0..count {
+            tokens.push(x.shallow_clone());
+            masks.push(m.shallow_clone());
+        }
+    }
+    Ok(Conditioning::Text {
+        tokens: Tensor::cat(&tokens, 0).to_kind(Kind::Half).to_kind(Kind::Float).to_device(device),
+        mask: Tensor::cat(&masks, 0).to_device(device),
+    })
+}

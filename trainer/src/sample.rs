@@ -1,0 +1,121 @@
+//! Sampling from a trained checkpoint, and PNG grids of every level's output.
+
+use std::path::{Path, PathBuf};
+
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::diffusion::{NestedDiffusion, SampleOptions};
+use crate::error::{Error, Result};
+use crate::model::{Conditioning, MdmUNet, Micros};
+use crate::train::batch::null_condition;
+use crate::train::checkpoint;
+use crate::train::config::{CondKind, Resolved, TrainConfig};
+
+/// A model loaded from a checkpoint, ready to sample.
+pub struct Sampler {
+    pub model: MdmUNet,
+    pub diffusion: NestedDiffusion,
+    pub run: Resolved,
+    pub checkpoint: PathBuf,
+    pub device: Device,
+    _vs: VarStore,
+}
+
+impl Sampler {
+    /// Loads a checkpoint folder (or a run folder's newest): its config and its EMA weights
+    /// (`ema = true`, when it has them) or raw weights.
+    pub fn load(path: &Path, ema: bool, device: Device) -> Result<Self> {
+        let dir = checkpoint::resolve(path)?;
+        let cfg_path = dir.join("config.toml");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io { path: cfg_path.clone(), source })?;
+        let cfg: TrainConfig =
+            toml::from_str(&text).map_err(|e| Error::ConfigParse { path: cfg_path.clone(), msg: e.to_string() })?;
+        let run = cfg.resolve(&dir).map_err(|e| e.with_path(&cfg_path))?;
+        let vs = VarStore::new(device);
+        let model = MdmUNet::new(&vs.root(), &run.model)?;
+        let weights = if ema && dir.join("ema.safetensors").exists() {
+            dir.join("ema.safetensors")
+        } else {
+            dir.join("model.safetensors")
+        };
+        crate::weights::load_strict(&vs, &weights)?;
+        let diffusion = NestedDiffusion::for_model(&model, &run.model.diffusion(), device)?;
+        Ok(Sampler { model, diffusion, run, checkpoint: dir, device, _vs: vs })
+    }
+
+    /// Samples `cond`'s batch (one sample per condition row; `n` for unconditional models)
+    /// from seeded noise. Returns every level's images in [−1, 1], outermost first.
+    pub fn sample(&self, cond: &Conditioning, n: i64, seed: u64, opts: &SampleOptions) -> Result<Vec<Tensor>> {
+        sample_levels(&self.model, &self.diffusion, &self.run.sides, cond, n, seed, opts, self.device)
+    }
+
+    pub fn cond_kind(&self) -> CondKind {
+        self.run.cond
+    }
+}
+
+/// Samples `n` images per level with classifier-free guidance against the null condition.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_levels(
+    model: &MdmUNet,
+    diffusion: &NestedDiffusion,
+    sides: &[u32],
+    cond: &Conditioning,
+    n: i64,
+    seed: u64,
+    opts: &SampleOptions,
+    device: Device,
+) -> Result<Vec<Tensor>> {
+    tch::manual_seed(seed as i64);
+    let noise: Vec<Tensor> = sides
+        .iter()
+        .map(|&s| Tensor::randn([n, 3, s as i64, s as i64], (Kind::Float, device)))
+        .collect();
+    let uncond = null_condition(cond, n, model.null_class())?;
+    let uncond = (opts.guidance_scale != 1.0).then_some(&uncond);
+    diffusion.sample(model, noise, cond, uncond, &Micros::new(), opts)
+}
+
+/// A grid of every level's images: one row per level (outermost first), one column per
+/// sample, each cell scaled (nearest) to the outermost side, 2 px gaps. Returns (width,
+/// height, RGB8 pixels).
+pub fn grid(levels: &[Tensor]) -> Result<(u32, u32, Vec<u8>)> {
+    let first = levels.first().ok_or_else(|| Error::input("no levels to draw"))?;
+    let (n, side) = (first.size()[0], first.size()[2]);
+    let gap = 2;
+    let w = n * side + (n + 1) * gap;
+    let h = levels.len() as i64 * side + (levels.len() as i64 + 1) * gap;
+    let canvas = Tensor::full([3, h, w], 255u8 as i64, (Kind::Uint8, Device::Cpu));
+    for (r, x) in levels.iter().enumerate() {
+        let s = x.size();
+        if s.len() != 4 || s[0] != n || s[1] != 3 || side % s[2] != 0 {
+            return Err(Error::input(format!("level {r} has shape {s:?}; expected ({n},3,S,S) with S dividing {side}")));
+        }
+        let f = side / s[2];
+        let up = x
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .repeat_interleave_self_int(f, Some(2), None)
+            .repeat_interleave_self_int(f, Some(3), None);
+        let px = ((up.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to_kind(Kind::Uint8);
+        for c in 0..n {
+            let y0 = gap + r as i64 * (side + gap);
+            let x0 = gap + c * (side + gap);
+            canvas.narrow(1, y0, side).narrow(2, x0, side).copy_(&px.get(c));
+        }
+    }
+    let hwc = canvas.permute([1, 2, 0]).contiguous();
+    let mut data = vec![0u8; (h * w * 3) as usize];
+    let len = data.len();
+    hwc.copy_data_u8(&mut data, len);
+    Ok((w as u32, h as u32, data))
+}
+
+/// PNG bytes of an RGB8 image.
+pub fn png_bytes(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>> {
+    let img = image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| Error::input("grid buffer size"))?;
+    let mut out = std::io::Cursor::new(vec![]);
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| Error::input(format!("PNG encoding failed: {e}")))?;
+    Ok(out.into_inner())
+}

@@ -1,0 +1,175 @@
+//! A loader [`Batch`] as tensors: images grouped by the level they train from, the condition
+//! in the same sample order, and classifier-free-guidance dropout.
+
+use mdm_loader::{Batch, TextBatch};
+use mdm_shards::EmbeddingDType;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{drop_labels, Conditioning};
+use crate::train::config::CondKind;
+
+/// One micro-batch on the device.
+#[derive(Debug)]
+pub struct TrainBatch {
+    /// Per level, outermost first: the samples drawn at that level's side, as floats in
+    /// [−1, 1], (n_i, 3, S_i, S_i). A sample trains its level and every level inside it.
+    pub groups: Vec<Tensor>,
+    /// The condition of every sample, in group order (outermost group first).
+    pub cond: Conditioning,
+    /// Sample ids in group order.
+    pub ids: Vec<String>,
+}
+
+impl TrainBatch {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Converts `batch`; `sides` are the model's level sides, outermost first.
+pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, device: Device) -> Result<TrainBatch> {
+    let mut order = vec![];
+    let mut groups = vec![];
+    for (res, px) in &batch.pixels {
+        if px.frames.is_some() {
+            return Err(Error::input("video batches cannot train an image model (video training is not built yet)"));
+        }
+        if !sides.contains(res) {
+            return Err(Error::input(format!("the loader gave {res}² samples; the model's levels are {sides:?}")));
+        }
+    }
+    for side in sides {
+        let n = batch.pixels.get(side).map_or(0, |p| p.len());
+        let s = *side as i64;
+        let t = match batch.pixels.get(side) {
+            Some(px) if n > 0 => {
+                order.extend(px.rows.iter().copied());
+                Tensor::from_slice(&px.data).view([n as i64, 3, s, s]).to_device(device)
+            }
+            _ => Tensor::zeros([0, 3, s, s], (Kind::Uint8, device)),
+        };
+        groups.push(t.to_kind(Kind::Float) / 127.5 - 1.0);
+    }
+    if order.len() != batch.len() {
+        return Err(Error::input(format!("batch has {} samples but {} pixel rows", batch.len(), order.len())));
+    }
+    let perm = Tensor::from_slice(&order.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
+    let cond = match cond {
+        CondKind::None => Conditioning::None,
+        CondKind::Class => {
+            let labels: Vec<i64> = order
+                .iter()
+                .map(|&r| {
+                    batch.labels[r]
+                        .map(i64::from)
+                        .ok_or_else(|| Error::input(format!("sample {} has no class label", batch.ids[r])))
+                })
+                .collect::<Result<_>>()?;
+            Conditioning::Class(Tensor::from_slice(&labels).to_device(device))
+        }
+        CondKind::Text => {
+            let text = batch
+                .text
+                .as_ref()
+                .ok_or_else(|| Error::input("the shards have no T5 embeddings (t5_emb): run `mdm embed` first"))?;
+            let (tokens, mask) = text_tensors(text, batch.len())?;
+            Conditioning::Text {
+                tokens: tokens.to_device(device).index_select(0, &perm),
+                mask: mask.to_device(device).index_select(0, &perm),
+            }
+        }
+    };
+    Ok(TrainBatch { groups, cond, ids: order.iter().map(|&r| batch.ids[r].clone()).collect() })
+}
+
+/// (B,T,D) float states and (B,T) float mask; a sample without an embedding gets the null
+/// condition (one zero token).
+fn text_tensors(text: &TextBatch, b: usize) -> Result<(Tensor, Tensor)> {
+    let t = text.max_tokens.max(1) as i64;
+    let d = text.dim as i64;
+    let kind = match text.dtype {
+        EmbeddingDType::F16 => Kind::Half,
+        EmbeddingDType::Bf16 => Kind::BFloat16,
+    };
+    let want = b * text.max_tokens * text.dim * 2;
+    if text.data.len() != want || text.mask.len() != b * text.max_tokens {
+        return Err(Error::input("T5 embedding buffer has the wrong size for the batch"));
+    }
+    let tokens = if text.max_tokens == 0 {
+        Tensor::zeros([b as i64, 1, d], (Kind::Float, Device::Cpu))
+    } else {
+        Tensor::from_data_size(&text.data, &[b as i64, t, d], kind).to_kind(Kind::Float)
+    };
+    let mut mask: Vec<f32> = vec![0.0; b * t as usize];
+    for i in 0..b {
+        let row = &mut mask[i * t as usize..(i + 1) * t as usize];
+        if text.tokens[i] == 0 {
+            row[0] = 1.0;
+        } else {
+            for (j, m) in row.iter_mut().enumerate().take(text.max_tokens) {
+                *m = text.mask[i * text.max_tokens + j] as f32;
+            }
+        }
+    }
+    Ok((tokens, Tensor::from_slice(&mask).view([b as i64, t])))
+}
+
+/// The null condition for `n` samples like `like`: no text (one zero token), or the null
+/// class.
+pub fn null_condition(like: &Conditioning, n: i64, null_class: Option<i64>) -> Result<Conditioning> {
+    Ok(match like {
+        Conditioning::Text { tokens, .. } => {
+            let (d, dev) = (tokens.size()[2], tokens.device());
+            Conditioning::Text {
+                tokens: Tensor::zeros([n, 1, d], (tokens.kind(), dev)),
+                mask: Tensor::ones([n, 1], (Kind::Float, dev)),
+            }
+        }
+        Conditioning::Class(c) => {
+            let null = null_class.ok_or_else(|| Error::input("the model has no null class"))?;
+            Conditioning::Class(Tensor::full([n], null, (Kind::Int64, c.device())))
+        }
+        Conditioning::None => Conditioning::None,
+    })
+}
+
+/// Classifier-free-guidance dropout (libtorch's RNG): each sample's condition becomes the
+/// null condition with probability `p`. Text: its states are zeroed and only the first
+/// position stays unmasked, exactly what [`null_condition`] gives at sampling time.
+pub fn cfg_dropout(cond: Conditioning, p: f64, null_class: Option<i64>) -> Result<Conditioning> {
+    if p <= 0.0 {
+        return Ok(cond);
+    }
+    Ok(match cond {
+        Conditioning::Text { tokens, mask } => {
+            let b = tokens.size()[0];
+            let keep = Tensor::rand([b], (Kind::Float, tokens.device())).ge(p);
+            let keep_f = keep.to_kind(tokens.kind());
+            let tokens = tokens * keep_f.view([-1, 1, 1]);
+            let null_mask = mask.zeros_like();
+            let _ = null_mask.narrow(1, 0, 1).fill_(1.0);
+            let mask = mask.where_self(&keep.view([-1, 1]), &null_mask);
+            Conditioning::Text { tokens, mask }
+        }
+        Conditioning::Class(c) => {
+            let null = null_class.ok_or_else(|| Error::input("class dropout needs a model with a null class"))?;
+            Conditioning::Class(drop_labels(&c, p, null))
+        }
+        Conditioning::None => Conditioning::None,
+    })
+}
+
+/// Casts the text states to `kind` (bf16 training).
+pub fn cond_to_kind(cond: Conditioning, kind: Kind) -> Conditioning {
+    match cond {
+        Conditioning::Text { tokens, mask } => {
+            Conditioning::Text { tokens: tokens.to_kind(kind), mask: mask.to_kind(kind) }
+        }
+        c => c,
+    }
+}

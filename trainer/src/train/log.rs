@@ -1,0 +1,124 @@
+//! Training logs: a progress line on stderr, `losses.jsonl` (every step, exact values) and
+//! TensorBoard event files (scalars and sample grids) under `RUN/tb/`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tboard::EventWriter;
+
+use crate::error::{Error, Result};
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone)]
+pub struct StepLog {
+    /// Optimizer steps completed (1-based).
+    pub step: u64,
+    pub loss: f64,
+    /// Per level, outermost first.
+    pub level_losses: Vec<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub samples: u64,
+}
+
+/// Writes the logs of one run.
+pub struct Logger {
+    losses: File,
+    losses_path: PathBuf,
+    tb: Option<EventWriter<File>>,
+    tb_dir: PathBuf,
+    quiet: bool,
+}
+
+fn tb_err(dir: &Path, e: tboard::Error) -> Error {
+    Error::Io { path: dir.to_path_buf(), source: std::io::Error::other(e.to_string()) }
+}
+
+impl Logger {
+    /// Opens `RUN/losses.jsonl` for appending (a resumed run continues it) and a new
+    /// TensorBoard event file under `RUN/tb/`.
+    pub fn open(run: &Path, quiet: bool) -> Result<Self> {
+        let losses_path = run.join("losses.jsonl");
+        let losses = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&losses_path)
+            .map_err(|source| Error::Io { path: losses_path.clone(), source })?;
+        let tb_dir = run.join("tb");
+        let tb = EventWriter::create(&tb_dir).map_err(|e| tb_err(&tb_dir, e))?;
+        Ok(Logger { losses, losses_path, tb: Some(tb), tb_dir, quiet })
+    }
+
+    /// Drops `losses.jsonl` lines past `step` (a resume from an earlier checkpoint).
+    pub fn truncate_after(run: &Path, step: u64) -> Result<()> {
+        let p = run.join("losses.jsonl");
+        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= step)
+            })
+            .collect();
+        let mut out = kept.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        std::fs::write(&p, out).map_err(|source| Error::Io { path: p, source })
+    }
+
+    /// Records every step in `losses.jsonl` (exact f64 values).
+    pub fn step(&mut self, s: &StepLog) -> Result<()> {
+        let line = serde_json::json!({
+            "step": s.step, "loss": s.loss, "levels": s.level_losses, "lr": s.lr,
+            "grad_norm": s.grad_norm, "samples": s.samples,
+        });
+        writeln!(self.losses, "{line}").map_err(|source| Error::Io { path: self.losses_path.clone(), source })
+    }
+
+    /// The progress line and TensorBoard scalars (every `log_every` steps).
+    pub fn report(&mut self, s: &StepLog, total_steps: u64, img_per_s: f64, wait_frac: f64) -> Result<()> {
+        if !self.quiet {
+            let levels: Vec<String> = s.level_losses.iter().map(|l| format!("{l:.4}")).collect();
+            eprintln!(
+                "step {}/{} loss {:.4} [{}] lr {:.2e} gnorm {:.3} {:.1} img/s loader wait {:.0}%",
+                s.step,
+                total_steps,
+                s.loss,
+                levels.join(" "),
+                s.lr,
+                s.grad_norm,
+                img_per_s,
+                wait_frac * 100.0
+            );
+        }
+        let step = s.step as i64;
+        let dir = self.tb_dir.clone();
+        if let Some(tb) = &mut self.tb {
+            let mut put = |tag: &str, v: f64| tb.write_scalar(step, tag, v as f32).map_err(|e| tb_err(&dir, e));
+            put("loss/total", s.loss)?;
+            for (i, l) in s.level_losses.iter().enumerate() {
+                put(&format!("loss/level{i}"), *l)?;
+            }
+            put("optim/lr", s.lr)?;
+            put("optim/grad_norm", s.grad_norm)?;
+            put("speed/img_per_s", img_per_s)?;
+            put("speed/loader_wait_frac", wait_frac)?;
+            tb.flush().map_err(|e| tb_err(&dir, e))?;
+        }
+        self.losses.flush().map_err(|source| Error::Io { path: self.losses_path.clone(), source })
+    }
+
+    /// A PNG image (e.g. a sample grid) in TensorBoard.
+    pub fn image(&mut self, step: u64, tag: &str, width: u32, height: u32, png: Vec<u8>) -> Result<()> {
+        let dir = self.tb_dir.clone();
+        if let Some(tb) = &mut self.tb {
+            tb.write_image(step as i64, tag, width as i32, height as i32, 3, png).map_err(|e| tb_err(&dir, e))?;
+            tb.flush().map_err(|e| tb_err(&dir, e))?;
+        }
+        Ok(())
+    }
+}

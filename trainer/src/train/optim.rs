@@ -1,0 +1,223 @@
+//! AdamW, gradient clipping and the EMA on one flat buffer.
+//!
+//! Every trainable variable becomes a view into one contiguous fp32 buffer (the master
+//! weights), so an optimizer step is a handful of kernels however many tensors the model has
+//! (what `torch.optim.AdamW(fused=True)` buys), and the state (moments, EMA) is three more flat
+//! buffers. With bf16 training the model's variables are views into a bf16 copy instead, which
+//! is refreshed from the master after each step.
+
+use std::collections::BTreeMap;
+
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::train::config::OptimConfig;
+
+/// One trainable variable's place in the flat buffers.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub offset: i64,
+    pub numel: i64,
+}
+
+/// The trainable variables of a VarStore, flattened; AdamW state and EMA beside them.
+#[derive(Debug)]
+pub struct FlatOptimizer {
+    pub slots: Vec<Slot>,
+    /// The model's variables (same order as `slots`): their grads are read each step.
+    vars: Vec<Tensor>,
+    /// fp32 master weights.
+    pub master: Tensor,
+    /// bf16 working copy the variables view (bf16 training only).
+    working: Option<Tensor>,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+    /// EMA of the master weights (`None` when the decay is 0).
+    pub ema: Option<Tensor>,
+    /// Optimizer steps taken.
+    pub step: u64,
+    cfg: OptimConfig,
+}
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+impl FlatOptimizer {
+    /// Flattens the variables of `vs` that require gradients (sorted by name). With
+    /// `working = Some(Kind::BFloat16)` the model computes in bf16.
+    pub fn new(vs: &VarStore, cfg: &OptimConfig, working: Option<Kind>) -> Result<Self> {
+        let device = vs.device();
+        let mut vars: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        if vars.is_empty() {
+            return Err(Error::input("the model has no trainable variables"));
+        }
+        let mut slots = vec![];
+        let mut offset = 0;
+        for (name, v) in &vars {
+            let numel = v.numel() as i64;
+            slots.push(Slot { name: name.clone(), shape: v.size(), offset, numel });
+            offset += numel;
+        }
+        let _g = tch::no_grad_guard();
+        let master = Tensor::zeros([offset], (Kind::Float, device));
+        for (s, (_, v)) in slots.iter().zip(&vars) {
+            master.narrow(0, s.offset, s.numel).copy_(&v.to_kind(Kind::Float).reshape([-1]));
+        }
+        let working = working.map(|k| master.to_kind(k));
+        let backing = working.as_ref().unwrap_or(&master);
+        let mut tensors = vec![];
+        for (s, (_, v)) in slots.iter().zip(vars) {
+            let mut v = v;
+            v.set_data(&backing.narrow(0, s.offset, s.numel).view(s.shape.as_slice()));
+            tensors.push(v);
+        }
+        let ema = (cfg.ema_decay > 0.0).then(|| master.copy());
+        Ok(FlatOptimizer {
+            slots,
+            vars: tensors,
+            exp_avg: master.zeros_like(),
+            exp_avg_sq: master.zeros_like(),
+            master,
+            working,
+            ema,
+            step: 0,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn numel(&self) -> i64 {
+        self.master.numel() as i64
+    }
+
+    pub fn device(&self) -> Device {
+        self.master.device()
+    }
+
+    /// Learning rate at optimizer step `step` (0-based): linear warmup, then constant.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let w = self.cfg.warmup_steps;
+        if w == 0 || step >= w {
+            self.cfg.lr
+        } else {
+            self.cfg.lr * (step + 1) as f64 / w as f64
+        }
+    }
+
+    /// Clears the variables' gradients (before the first micro-batch of a step).
+    pub fn zero_grad(&mut self) {
+        for v in &mut self.vars {
+            v.zero_grad();
+        }
+    }
+
+    /// The gradients as one flat fp32 tensor, divided by `scale` (the micro-batches summed).
+    fn flat_grad(&self, scale: f64) -> Tensor {
+        let parts: Vec<Tensor> = self
+            .vars
+            .iter()
+            .map(|v| {
+                let g = v.grad();
+                if g.defined() {
+                    g.reshape([-1])
+                } else {
+                    Tensor::zeros([v.numel() as i64], (v.kind(), v.device()))
+                }
+            })
+            .collect();
+        let g = Tensor::cat(&parts, 0).to_kind(Kind::Float);
+        if scale != 1.0 {
+            g / scale
+        } else {
+            g
+        }
+    }
+
+    /// One AdamW step (PyTorch's formula) on the accumulated gradients divided by `scale`,
+    /// after clipping their global norm; then the EMA and the bf16 copy. A non-finite
+    /// gradient norm changes nothing and is returned as the error.
+    pub fn step(&mut self, scale: f64) -> std::result::Result<StepStats, f64> {
+        let _g = tch::no_grad_guard();
+        let mut g = self.flat_grad(scale);
+        let grad_norm = g.norm().double_value(&[]);
+        if !grad_norm.is_finite() {
+            return Err(grad_norm);
+        }
+        if self.cfg.clip_grad_norm > 0.0 && grad_norm > self.cfg.clip_grad_norm {
+            g = g * (self.cfg.clip_grad_norm / (grad_norm + 1e-6));
+        }
+        let lr = self.lr_at(self.step);
+        self.step += 1;
+        let [b1, b2] = self.cfg.betas;
+        let t = self.step as i32;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        if self.cfg.weight_decay > 0.0 {
+            let _ = self.master.g_mul_scalar_(1.0 - lr * self.cfg.weight_decay);
+        }
+        let _ = self.exp_avg.lerp_(&g, 1.0 - b1);
+        let _ = self.exp_avg_sq.g_mul_scalar_(b2);
+        let _ = self.exp_avg_sq.addcmul_(&(&g * (1.0 - b2)), &g);
+        let denom = (self.exp_avg_sq.sqrt() / bc2.sqrt()) + self.cfg.eps;
+        let _ = self.master.addcdiv_(&(&self.exp_avg * (-lr / bc1)), &denom);
+        if let Some(e) = &mut self.ema {
+            let _ = e.lerp_(&self.master, 1.0 - self.cfg.ema_decay);
+        }
+        if let Some(w) = &mut self.working {
+            let _ = w.copy_(&self.master);
+        }
+        Ok(StepStats { grad_norm, lr })
+    }
+
+    /// Per-variable views of a flat buffer, by name.
+    pub fn named(&self, flat: &Tensor) -> Vec<(String, Tensor)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), flat.narrow(0, s.offset, s.numel).view(s.shape.as_slice())))
+            .collect()
+    }
+
+    /// Copies named tensors into a flat buffer; every slot must be present with its shape.
+    pub fn load_named(&self, flat: &Tensor, tensors: &BTreeMap<String, Tensor>, what: &str) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        for s in &self.slots {
+            let t = tensors
+                .get(&s.name)
+                .ok_or_else(|| Error::input(format!("{what}: {} is missing", s.name)))?;
+            if t.size() != s.shape {
+                return Err(Error::input(format!(
+                    "{what}: {} has shape {:?}, the model {:?}",
+                    s.name,
+                    t.size(),
+                    s.shape
+                )));
+            }
+            flat.narrow(0, s.offset, s.numel).copy_(&t.reshape([-1]).to_kind(Kind::Float));
+        }
+        Ok(())
+    }
+
+    /// After the master weights were loaded: refresh the bf16 copy.
+    pub fn sync_working(&mut self) {
+        let _g = tch::no_grad_guard();
+        if let Some(w) = &mut self.working {
+            let _ = w.copy_(&self.master);
+        }
+    }
+
+    /// Resets the EMA to the current weights (after loading weights from elsewhere).
+    pub fn reset_ema(&mut self) {
+        let _g = tch::no_grad_guard();
+        if let Some(e) = &mut self.ema {
+            let _ = e.copy_(&self.master);
+        }
+    }
+}
