@@ -83,24 +83,21 @@ pub struct Processor {
     resizer: fir::Resizer,
 }
 
-/// An RGB8 picture.
-struct Rgb {
-    width: u32,
-    height: u32,
-    pixels: Vec<u8>,
+/// An RGB8 picture, rows packed (`width * 3` bytes each).
+pub(crate) struct Rgb {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
 }
 
 impl Processor {
     /// `settings` must have been validated.
     pub fn new(settings: &ImageSettings) -> Result<Self, turbojpeg::Error> {
-        let mut compressor = turbojpeg::Compressor::new()?;
-        compressor.set_quality(i32::from(settings.quality));
-        compressor.set_subsamp(turbojpeg::Subsamp::Sub2x2);
         Ok(Processor {
             resolutions: settings.resolutions(),
             settings: settings.clone(),
             decompressor: turbojpeg::Decompressor::new()?,
-            compressor,
+            compressor: jpeg_compressor(settings.quality)?,
             resizer: fir::Resizer::new(),
         })
     }
@@ -209,20 +206,14 @@ impl Processor {
     }
 
     fn resize_encode(&mut self, rgb: &Rgb, sw: u32, sh: u32) -> Result<Processed, Reject> {
-        let internal = |what: &str, e: &dyn std::fmt::Display| Reject::new(RejectReason::Internal, format!("{what}: {e}"));
-        let src = fir::images::ImageRef::new(rgb.width, rgb.height, &rgb.pixels, fir::PixelType::U8x3)
-            .map_err(|e| internal("resize source", &e))?;
         let (dw, dh) = (f64::from(rgb.width), f64::from(rgb.height));
         let mut jpegs = Vec::with_capacity(self.resolutions.len());
         let mut crop_box = None;
         for &r in &self.resolutions.clone() {
-            let (opts, ow, oh) = match self.settings.crop {
+            let (region, ow, oh) = match self.settings.crop {
                 Crop::Center => {
                     let s = dw.min(dh);
-                    let opts = fir::ResizeOptions::new()
-                        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3))
-                        .crop((dw - s) / 2.0, (dh - s) / 2.0, s, s);
-                    (opts, r, r)
+                    ([(dw - s) / 2.0, (dh - s) / 2.0, s, s], r, r)
                 }
                 Crop::KeepAspect => {
                     // Shortest side to r, whole picture kept; the box records the kept region.
@@ -232,24 +223,50 @@ impl Processor {
                         (((u64::from(r) * u64::from(sw) + u64::from(sh) / 2) / u64::from(sh)).max(1) as u32, r)
                     };
                     crop_box = Some([0, 0, sw as i32, sh as i32]);
-                    let opts = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3));
-                    (opts, ow, oh)
+                    ([0.0, 0.0, dw, dh], ow, oh)
                 }
             };
-            let mut dst = fir::images::Image::new(ow, oh, fir::PixelType::U8x3);
-            self.resizer.resize(&src, &mut dst, &opts).map_err(|e| internal("resize", &e))?;
-            let image = turbojpeg::Image {
-                pixels: dst.buffer(),
-                width: ow as usize,
-                pitch: ow as usize * 3,
-                height: oh as usize,
-                format: turbojpeg::PixelFormat::RGB,
-            };
-            let jpeg = self.compressor.compress_to_vec(image).map_err(|e| internal("JPEG encode", &e))?;
-            jpegs.push(jpeg);
+            let out = resize_region(&mut self.resizer, rgb, region, ow, oh)?;
+            jpegs.push(encode_jpeg(&mut self.compressor, &out)?);
         }
         Ok(Processed { width: sw, height: sh, crop_box, jpegs })
     }
+}
+
+/// A libjpeg-turbo encoder at `quality` with 4:2:0 chroma, as every stored picture uses.
+pub(crate) fn jpeg_compressor(quality: u8) -> Result<turbojpeg::Compressor, turbojpeg::Error> {
+    let mut compressor = turbojpeg::Compressor::new()?;
+    compressor.set_quality(i32::from(quality));
+    compressor.set_subsamp(turbojpeg::Subsamp::Sub2x2);
+    Ok(compressor)
+}
+
+/// Lanczos-3 resize of the region `[x, y, w, h]` (source pixels, fractional allowed) of `src`
+/// to `ow`×`oh`; a non-square region resized to a square also corrects anamorphic pixels.
+pub(crate) fn resize_region(resizer: &mut fir::Resizer, src: &Rgb, region: [f64; 4], ow: u32, oh: u32) -> Result<Rgb, Reject> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| Reject::new(RejectReason::Internal, format!("{what}: {e}"));
+    let image = fir::images::ImageRef::new(src.width, src.height, &src.pixels, fir::PixelType::U8x3)
+        .map_err(|e| internal("resize source", &e))?;
+    let [x, y, w, h] = region;
+    let mut opts = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3));
+    if region != [0.0, 0.0, f64::from(src.width), f64::from(src.height)] {
+        opts = opts.crop(x, y, w, h);
+    }
+    let mut dst = fir::images::Image::new(ow, oh, fir::PixelType::U8x3);
+    resizer.resize(&image, &mut dst, &opts).map_err(|e| internal("resize", &e))?;
+    Ok(Rgb { width: ow, height: oh, pixels: dst.into_vec() })
+}
+
+/// JPEG of an RGB8 picture.
+pub(crate) fn encode_jpeg(compressor: &mut turbojpeg::Compressor, rgb: &Rgb) -> Result<Vec<u8>, Reject> {
+    let image = turbojpeg::Image {
+        pixels: &rgb.pixels[..],
+        width: rgb.width as usize,
+        pitch: rgb.width as usize * 3,
+        height: rgb.height as usize,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    compressor.compress_to_vec(image).map_err(|e| Reject::new(RejectReason::Internal, format!("JPEG encode: {e}")))
 }
 
 fn image_reader(bytes: &[u8], format: Format) -> ::image::ImageReader<Cursor<&[u8]>> {
@@ -368,7 +385,7 @@ fn exif_orientation(tiff: &[u8]) -> Option<u16> {
 }
 
 /// Applies EXIF orientation `o` (2..=8) to an RGB picture.
-fn orient(src: Rgb, o: u16) -> Rgb {
+pub(crate) fn orient(src: Rgb, o: u16) -> Rgb {
     let (w, h) = (src.width as usize, src.height as usize);
     let (ow, oh) = if matches!(o, 5..=8) { (h, w) } else { (w, h) };
     let mut out = vec![0u8; ow * oh * 3];

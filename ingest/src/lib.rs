@@ -4,6 +4,8 @@
 //! - [`t5`]: FLAN-T5 text encoder (HF checkpoints, tokenizer, ragged caption embeddings).
 //! - Images: [`image`] decode/resize/encode, [`sources`] (ImageNet, CC12M tars and tables),
 //!   [`pipeline`] (bounded, ordered, resumable build), [`settings`], [`rejects`], [`error`];
+//! - Videos: [`video`] demux/decode/sample/encode through FFmpeg, the WebVid source in
+//!   [`sources`], the same pipeline;
 //! - [`text`]: caption embeddings at ingest (`--t5`) and for existing shard sets (`mdm embed`).
 
 pub mod t5;
@@ -14,3 +16,4 @@ pub mod rejects;
 pub mod settings;
 pub mod sources;
 pub mod text;
+pub mod video;

@@ -1,5 +1,9 @@
 //! The bounded, ordered, resumable build: read → decode/resize/encode on N workers → ordered write.
 //!
+//! The same machinery serves images and videos ([`Media`]): an input (a picture, a video) is
+//! the unit of ordering, chunking, accounting and resume; it becomes one record (a picture),
+//! `clips_per_video` records (a video) or one reject.
+//!
 //! A source yields [`Input`]s in a deterministic order (already sliced to this `--part`).
 //! Input `seq` belongs to chunk `seq / shard_inputs`; chunk k is written by its own
 //! [`ShardWriter`] as `PREFIX-{k:05}.parquet` (no file when all its inputs were rejected) and,
@@ -20,13 +24,16 @@ use std::path::{Path, PathBuf};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mdm_shards::{Body, BuildStats, ClassInfo, ImageBody, Layout, Manifest, Record, RecordKind, ShardEntry, ShardWriter, WriterOptions};
+use mdm_shards::{
+    Body, BuildStats, ClassInfo, ImageBody, Layout, Manifest, Record, RecordKind, ShardEntry, ShardWriter, VideoBody, WriterOptions,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Error};
 use crate::image::Processor;
 use crate::rejects::{Reject, RejectReason, RejectRecord};
-use crate::settings::{ImageSettings, Part};
+use crate::settings::{ImageSettings, Part, VideoSettings};
+use crate::video::VideoProcessor;
 use crate::text::{TextSpec, TextStage};
 
 /// Where an input's bytes are.
@@ -50,12 +57,53 @@ pub struct Input {
     pub payload: Payload,
 }
 
+/// What the workers make of the inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Media {
+    /// Pictures: one record of JPEGs per input.
+    Image(ImageSettings),
+    /// Videos: one record of JPEG frames per clip window.
+    Video(VideoSettings),
+}
+
+impl Media {
+    pub fn validate(&self) -> Result<(), Error> {
+        match self {
+            Media::Image(s) => s.validate(),
+            Media::Video(s) => s.validate(),
+        }
+    }
+
+    /// Stored resolutions, largest first.
+    pub fn resolutions(&self) -> Vec<u32> {
+        match self {
+            Media::Image(s) => s.resolutions(),
+            Media::Video(s) => vec![s.resolution],
+        }
+    }
+
+    /// Inputs per chunk (shard).
+    pub fn shard_inputs(&self) -> u64 {
+        match self {
+            Media::Image(s) => s.shard_inputs,
+            Media::Video(s) => s.shard_inputs,
+        }
+    }
+
+    fn unit(&self) -> &'static str {
+        match self {
+            Media::Image(_) => "images",
+            Media::Video(_) => "videos",
+        }
+    }
+}
+
 /// Everything a build needs but its inputs.
 #[derive(Debug, Clone)]
 pub struct Build {
     pub out: PathBuf,
     pub kind: RecordKind,
-    pub settings: ImageSettings,
+    pub media: Media,
     pub part: Option<Part>,
     pub classes: Option<Vec<ClassInfo>>,
     /// Resolved settings stored in the manifest (source kind, image settings, part).
@@ -136,8 +184,16 @@ struct ChunkDone {
 }
 
 enum Outcome {
-    Written(Box<Record>),
+    /// The records of one input (one picture, or the clips of one video).
+    Written(Vec<Record>),
     Rejected(RejectRecord),
+}
+
+/// The records of one input waiting for their caption embeddings.
+struct Pending {
+    id: String,
+    source: String,
+    records: Vec<Record>,
 }
 
 struct OpenChunk {
@@ -145,18 +201,25 @@ struct OpenChunk {
     writer: Option<ShardWriter>,
     stats: BuildStats,
     rejects: Vec<RejectRecord>,
-    /// Records waiting for their caption embeddings (in order).
-    pending: Vec<Record>,
+    /// Inputs waiting for their caption embeddings (in order).
+    pending: Vec<Pending>,
 }
 
 impl OpenChunk {
-    fn accept(&mut self, record: Record) -> Result<(), Error> {
+    /// Counts one written input and writes its records.
+    fn accept(&mut self, records: Vec<Record>) -> Result<(), Error> {
         self.stats.inputs += 1;
         self.stats.written += 1;
         if let Some(w) = self.writer.as_mut() {
-            w.write(record)?;
+            for r in records {
+                w.write(r)?;
+            }
         }
         Ok(())
+    }
+
+    fn pending_records(&self) -> usize {
+        self.pending.iter().map(|p| p.records.len()).sum()
     }
 
     fn reject(&mut self, r: RejectRecord) {
@@ -170,10 +233,16 @@ impl OpenChunk {
         if self.pending.is_empty() {
             return Ok(());
         }
-        for r in stage.embed(std::mem::take(&mut self.pending))? {
-            match r {
-                Ok(record) => self.accept(record)?,
-                Err(rej) => self.reject(rej),
+        let pending = std::mem::take(&mut self.pending);
+        let sizes: Vec<usize> = pending.iter().map(|p| p.records.len()).collect();
+        let heads: Vec<(String, String)> = pending.iter().map(|p| (p.id.clone(), p.source.clone())).collect();
+        let mut results = stage.embed(pending.into_iter().flat_map(|p| p.records).collect())?.into_iter();
+        // An input is written when all its records got embeddings (they share one caption).
+        for (n, (id, source)) in sizes.into_iter().zip(heads) {
+            let group: Vec<Result<Record, RejectRecord>> = results.by_ref().take(n).collect();
+            match group.into_iter().collect::<Result<Vec<Record>, RejectRecord>>() {
+                Ok(records) => self.accept(records)?,
+                Err(rej) => self.reject(RejectRecord { id, source, ..rej }),
             }
         }
         Ok(())
@@ -185,7 +254,7 @@ pub fn run<I>(build: &Build, inputs: I) -> Result<Summary, Error>
 where
     I: Iterator<Item = Result<Input, Error>> + Send,
 {
-    build.settings.validate()?;
+    build.media.validate()?;
     let mut text = match &build.text {
         Some(spec) if build.kind.has_text() => Some(TextStage::load(spec)?),
         Some(_) => return Err(Error::Settings("T5 embeddings need a captioned source".into())),
@@ -205,9 +274,9 @@ where
         None => build,
     };
     let encoder_info = text.as_ref().map(|t| t.info().clone());
-    let layout = Layout::new(build.kind, build.settings.resolutions()).map_err(Error::Settings)?;
+    let layout = Layout::new(build.kind, build.media.resolutions()).map_err(Error::Settings)?;
     fs::create_dir_all(&build.out).map_err(io(&build.out))?;
-    let n = build.settings.shard_inputs;
+    let n = build.media.shard_inputs();
     let threads = build.threads.max(1);
 
     // Chunks finished by an earlier run form a prefix 0..done.
@@ -230,8 +299,11 @@ where
 
     let bar = if build.progress { ProgressBar::with_draw_target(build.total, ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {} {{per_sec}} ETA {{eta}} {{msg}}",
+            build.media.unit()
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(first_seq.min(build.total.unwrap_or(u64::MAX)));
 
@@ -248,9 +320,8 @@ where
         let mut workers = Vec::new();
         for _ in 0..threads {
             let (rx, tx) = (in_rx.clone(), out_tx.clone());
-            let settings = &build.settings;
-            let kind = build.kind;
-            workers.push(scope.spawn(move || work(settings, kind, rx, tx)));
+            let (media, kind) = (&build.media, build.kind);
+            workers.push(scope.spawn(move || work(media, kind, rx, tx)));
         }
         drop(in_rx);
         drop(out_tx);
@@ -289,23 +360,38 @@ where
     Ok(seq)
 }
 
-fn work(settings: &ImageSettings, kind: RecordKind, rx: Receiver<(u64, Input)>, tx: Sender<(u64, Result<Outcome, Error>)>) {
-    let mut processor = match Processor::new(settings) {
-        Ok(p) => p,
+/// Per-thread state of a worker.
+enum Worker {
+    Image(Processor),
+    Video(VideoProcessor),
+}
+
+impl Worker {
+    fn new(media: &Media) -> Result<Self, Error> {
+        Ok(match media {
+            Media::Image(s) => Worker::Image(Processor::new(s).map_err(|e| Error::Codec(e.to_string()))?),
+            Media::Video(s) => Worker::Video(VideoProcessor::new(s)?),
+        })
+    }
+}
+
+fn work(media: &Media, kind: RecordKind, rx: Receiver<(u64, Input)>, tx: Sender<(u64, Result<Outcome, Error>)>) {
+    let mut worker = match Worker::new(media) {
+        Ok(w) => w,
         Err(e) => {
-            let _ = tx.send((u64::MAX, Err(Error::Codec(e.to_string()))));
+            let _ = tx.send((u64::MAX, Err(e)));
             return;
         }
     };
     for (seq, input) in rx {
-        let outcome = process_one(&mut processor, kind, input);
+        let outcome = process_one(&mut worker, kind, input);
         if tx.send((seq, Ok(outcome))).is_err() {
             return;
         }
     }
 }
 
-fn process_one(processor: &mut Processor, kind: RecordKind, input: Input) -> Outcome {
+fn process_one(worker: &mut Worker, kind: RecordKind, input: Input) -> Outcome {
     let Input { id, source, label, caption, payload } = input;
     let reject = |r: Reject, id: String, source: String| {
         Outcome::Rejected(RejectRecord { source, id, reason: r.reason, detail: r.detail })
@@ -318,18 +404,45 @@ fn process_one(processor: &mut Processor, kind: RecordKind, input: Input) -> Out
             Err(e) => return reject(Reject::new(RejectReason::ReadError, e.to_string()), id, source),
         },
     };
-    match processor.process(&bytes) {
-        Err(r) => reject(r, id, source),
-        Ok(p) => Outcome::Written(Box::new(Record {
-            id,
-            source,
-            source_sha256: mdm_shards::sha256(&bytes),
-            width: p.width,
-            height: p.height,
-            caption: if kind.has_text() { caption } else { None },
-            text: None,
-            body: Body::Image(ImageBody { label, crop_box: p.crop_box, jpegs: p.jpegs }),
-        })),
+    let caption = if kind.has_text() { caption } else { None };
+    let sha = mdm_shards::sha256(&bytes);
+    let record = |id: String, width: u32, height: u32, body: Body| Record {
+        id,
+        source: source.clone(),
+        source_sha256: sha,
+        width,
+        height,
+        caption: caption.clone(),
+        text: None,
+        body,
+    };
+    match worker {
+        Worker::Image(processor) => match processor.process(&bytes) {
+            Err(r) => reject(r, id, source),
+            Ok(p) => Outcome::Written(vec![record(
+                id,
+                p.width,
+                p.height,
+                Body::Image(ImageBody { label, crop_box: p.crop_box, jpegs: p.jpegs }),
+            )]),
+        },
+        Worker::Video(processor) => match processor.process(&bytes, &id) {
+            Err(r) => reject(r, id, source),
+            Ok(v) => {
+                let single = v.clips.len() == 1;
+                let fps = v.fps;
+                let records = v
+                    .clips
+                    .into_iter()
+                    .map(|c| {
+                        let clip_id = if single { id.clone() } else { format!("{id}#{}", c.index) };
+                        let body = VideoBody { clip: c.index, fps, duration: v.duration, timestamps: c.timestamps, frames: c.frames };
+                        record(clip_id, v.width, v.height, Body::Video(body))
+                    })
+                    .collect();
+                Outcome::Written(records)
+            }
+        },
     }
 }
 
@@ -342,7 +455,7 @@ fn write_ordered(
     tokens: Sender<()>,
     bar: &ProgressBar,
 ) -> Result<(), Error> {
-    let n = build.settings.shard_inputs;
+    let n = build.media.shard_inputs();
     let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
     let mut next = first_seq;
     let mut chunk: Option<OpenChunk> = None;
@@ -356,13 +469,14 @@ fn write_ordered(
             };
             let c = chunk.insert(c);
             match outcome {
-                Outcome::Written(record) if text.is_some() => {
-                    c.pending.push(*record);
-                    if c.pending.len() >= text.as_ref().map_or(1, TextStage::chunk) {
+                Outcome::Written(records) if text.is_some() => {
+                    let (id, source) = records.first().map(|r| (r.id.clone(), r.source.clone())).unwrap_or_default();
+                    c.pending.push(Pending { id, source, records });
+                    if c.pending_records() >= text.as_ref().map_or(1, TextStage::chunk) {
                         c.flush(text)?;
                     }
                 }
-                Outcome::Written(record) => c.accept(*record)?,
+                Outcome::Written(records) => c.accept(records)?,
                 Outcome::Rejected(r) => c.reject(r),
             }
             if next % n == n - 1 {
@@ -428,8 +542,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 /// Manifest and rejects list from all sidecars of this part.
 fn finish(build: &Build, encoder: Option<mdm_shards::TextEncoderInfo>, total: u64, resumed: u64) -> Result<Summary, Error> {
-    let layout = Layout::new(build.kind, build.settings.resolutions()).map_err(Error::Settings)?;
-    let n = build.settings.shard_inputs;
+    let layout = Layout::new(build.kind, build.media.resolutions()).map_err(Error::Settings)?;
+    let n = build.media.shard_inputs();
     let chunks = total.div_ceil(n);
     let mut manifest = Manifest::new(&layout, encoder);
     manifest.classes = build.classes.clone();

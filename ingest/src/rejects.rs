@@ -34,6 +34,18 @@ pub enum RejectReason {
     MissingImage,
     /// The file or member could not be read.
     ReadError,
+    /// Sample without a video (tar key with only caption/json members).
+    MissingVideo,
+    /// A container without a video stream (audio-only, data-only).
+    NoVideoStream,
+    /// A video shorter than one clip under `short = "reject"`.
+    TooShort,
+    /// A video whose frames end before its declared duration (cut-off download).
+    Truncated,
+    /// A video that took longer than the per-video time limit.
+    Timeout,
+    /// An id seen earlier in the same source (the first one is kept).
+    Duplicate,
     /// Resize or encode failed (should not happen).
     Internal,
 }
@@ -54,6 +66,12 @@ impl RejectReason {
             RejectReason::NoLabel => "no-label",
             RejectReason::MissingImage => "missing-image",
             RejectReason::ReadError => "read-error",
+            RejectReason::MissingVideo => "missing-video",
+            RejectReason::NoVideoStream => "no-video-stream",
+            RejectReason::TooShort => "too-short",
+            RejectReason::Truncated => "truncated",
+            RejectReason::Timeout => "timeout",
+            RejectReason::Duplicate => "duplicate",
             RejectReason::Internal => "internal",
         }
     }

@@ -1,5 +1,6 @@
-//! Image build settings: one serde struct, read from TOML and/or the command line, validated
-//! once and stored resolved in the manifest (`settings.image`).
+//! Build settings: one serde struct per medium ([`ImageSettings`], [`VideoSettings`]), read
+//! from TOML and/or the command line, validated once and stored resolved in the manifest
+//! (`settings.image`, `settings.video`).
 
 use std::path::Path;
 
@@ -71,8 +72,7 @@ impl Default for ImageSettings {
 impl ImageSettings {
     /// Reads a TOML file of these keys (unknown keys are an error).
     pub fn from_toml_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| Error::Settings(format!("{}: {e}", path.display())))
+        read_toml(path)
     }
 
     /// All stored resolutions, largest first.
@@ -109,6 +109,111 @@ impl ImageSettings {
         }
         Ok(())
     }
+}
+
+/// What to do with a video shorter than one clip (`frames / fps` seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShortPolicy {
+    /// Reject it as `too-short`.
+    Reject,
+    /// Sample it in a loop (timestamps wrap around to the start).
+    Loop,
+}
+
+/// Settings of the video path: clip sampling, resize, crop, encode, limits and shard sizing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VideoSettings {
+    /// Frames per clip F.
+    pub frames: u32,
+    /// Sampling rate of the stored frames: a clip spans `frames / fps` seconds.
+    pub fps: f64,
+    /// Stored resolution R: shortest side to R, centred R×R crop (after the sample aspect ratio
+    /// and the rotation are applied).
+    pub resolution: u32,
+    /// Clip windows per video; their start offsets are a pure function of (seed, video id).
+    pub clips_per_video: u32,
+    /// Videos shorter than one clip: reject or loop.
+    pub short: ShortPolicy,
+    /// JPEG quality 1..=100 of the stored frames.
+    pub quality: u8,
+    /// Videos whose displayed shortest side is below this are rejected as `too-small`.
+    pub min_side: u32,
+    /// Frames of more than this many pixels are rejected before decoding.
+    pub max_pixels: u64,
+    /// Wall-clock limit per video in seconds (demux + decode + encode); over it: `timeout`.
+    pub timeout_secs: f64,
+    /// Seed of the clip start offsets.
+    pub seed: u64,
+    /// Videos per shard (fixed boundaries make parts and resume deterministic).
+    pub shard_inputs: u64,
+}
+
+impl Default for VideoSettings {
+    fn default() -> Self {
+        VideoSettings {
+            frames: 16,
+            fps: 8.0,
+            resolution: 256,
+            clips_per_video: 1,
+            short: ShortPolicy::Reject,
+            quality: 90,
+            min_side: 32,
+            // 8K UHD
+            max_pixels: 7680 * 4320,
+            timeout_secs: 60.0,
+            seed: 0,
+            shard_inputs: 1024,
+        }
+    }
+}
+
+impl VideoSettings {
+    /// Reads a TOML file of these keys (unknown keys are an error).
+    pub fn from_toml_file(path: &Path) -> Result<Self, Error> {
+        read_toml(path)
+    }
+
+    /// Seconds one clip spans.
+    pub fn clip_seconds(&self) -> f64 {
+        f64::from(self.frames) / self.fps
+    }
+
+    /// Checks ranges; call once before a run.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Settings(m));
+        if !(8..=8192).contains(&self.resolution) {
+            return bad(format!("resolution {} is outside 8..=8192", self.resolution));
+        }
+        if !(1..=10_000).contains(&self.frames) {
+            return bad(format!("frames {} is outside 1..=10000", self.frames));
+        }
+        if !(self.fps.is_finite() && self.fps > 0.0 && self.fps <= 1000.0) {
+            return bad(format!("fps {} is outside (0, 1000]", self.fps));
+        }
+        if !(1..=1000).contains(&self.clips_per_video) {
+            return bad(format!("clips_per_video {} is outside 1..=1000", self.clips_per_video));
+        }
+        if !(1..=100).contains(&self.quality) {
+            return bad(format!("quality {} is outside 1..=100", self.quality));
+        }
+        if self.max_pixels == 0 {
+            return bad("max_pixels must be positive".into());
+        }
+        if !(self.timeout_secs.is_finite() && self.timeout_secs > 0.0) {
+            return bad(format!("timeout_secs {} must be positive", self.timeout_secs));
+        }
+        if self.shard_inputs == 0 {
+            return bad("shard_inputs must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e| Error::Settings(format!("{}: {e}", path.display())))
 }
 
 /// `--part I/N`: this process handles slice I (0-based) of N.
@@ -157,5 +262,10 @@ mod tests {
         assert_eq!(Part::parse("1/4").unwrap(), Part { index: 1, count: 4 });
         assert!(Part::parse("4/4").is_err());
         assert!(Part::parse("x").is_err());
+        let v: VideoSettings = toml::from_str("frames = 8\nfps = 4.0\nshort = \"loop\"").unwrap();
+        assert_eq!((v.frames, v.clip_seconds(), v.short), (8, 2.0, ShortPolicy::Loop));
+        v.validate().unwrap();
+        assert!(toml::from_str::<VideoSettings>("frame = 8").is_err());
+        assert!(VideoSettings { fps: 0.0, ..Default::default() }.validate().is_err());
     }
 }

@@ -14,16 +14,15 @@
 //! are `text-image` without embeddings until the T5 step fills them.
 
 use std::fs;
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use crossbeam_channel::Sender;
 use mdm_shards::RecordKind;
 
-use super::tar::{expand_braces, is_safe_name, member_name, open, produced, tars_in};
+use super::tar::{is_safe_name, webdataset_inputs, webdataset_tars, SampleKind};
 use super::RunOptions;
 use crate::error::{io, Error};
-use crate::pipeline::{self, Build, Input, Payload, Summary};
+use crate::pipeline::{self, Build, Input, Media, Payload, Summary};
 use crate::rejects::{normalize_caption, Reject, RejectReason};
 use crate::settings::ImageSettings;
 
@@ -38,29 +37,16 @@ pub struct Cc12mOptions {
     pub text: Option<crate::text::TextSpec>,
 }
 
-const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+/// Members of a webdataset sample that hold its image.
+const IMAGES: SampleKind = SampleKind { exts: &["jpg", "jpeg", "png", "webp"], what: "image", missing: RejectReason::MissingImage };
 
 /// Scans and ingests.
 pub fn ingest(opts: &Cc12mOptions, settings: &ImageSettings, run: &RunOptions) -> Result<Summary, Error> {
     settings.validate()?;
     let src = Path::new(&opts.src);
     let ext = src.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let mut ms = serde_json::json!({ "source": "cc12m", "image": settings });
-    if let (Some(p), Some(o)) = (run.part, ms.as_object_mut()) {
-        o.insert("part".into(), serde_json::json!(p));
-    }
-    let build = Build {
-        out: run.out.clone(),
-        kind: RecordKind::TextImage,
-        settings: settings.clone(),
-        part: run.part,
-        classes: None,
-        manifest_settings: ms,
-        threads: run.threads(),
-        progress: run.progress,
-        total: None,
-        text: opts.text.clone(),
-    };
+    let ms = serde_json::json!({ "source": "cc12m", "image": settings });
+    let build = run.build(RecordKind::TextImage, Media::Image(settings.clone()), ms, opts.text.clone());
     if !opts.src.contains('{') && matches!(ext.as_str(), "tsv" | "csv" | "parquet") {
         let root = opts.image_root.clone().unwrap_or_else(|| src.parent().map(Path::to_path_buf).unwrap_or_default());
         let rows = read_table(src)?;
@@ -70,119 +56,8 @@ pub fn ingest(opts: &Cc12mOptions, settings: &ImageSettings, run: &RunOptions) -
         let inputs = mine.into_iter().map(move |(i, row)| Ok::<Input, Error>(table_input(&table, &root, i, row)));
         return pipeline::run(&build, inputs);
     }
-    let tars: Vec<PathBuf> = if opts.src.contains('{') {
-        expand_braces(&opts.src)?.into_iter().map(PathBuf::from).collect()
-    } else if src.is_dir() {
-        tars_in(src)?
-    } else {
-        vec![src.to_path_buf()]
-    };
-    if tars.is_empty() {
-        return Err(Error::Source { path: src.to_path_buf(), msg: "no .tar files".into() });
-    }
-    for t in &tars {
-        if !t.is_file() {
-            return Err(Error::Source { path: t.clone(), msg: "tar not found".into() });
-        }
-    }
-    let mine: Vec<PathBuf> = tars.into_iter().enumerate().filter(|(u, _)| run.owns(*u as u64)).map(|(_, t)| t).collect();
-    let inputs = produced(move |tx| {
-        for t in &mine {
-            if !read_tar(t, tx)? {
-                return Ok(());
-            }
-        }
-        Ok(())
-    });
+    let inputs = webdataset_inputs(webdataset_tars(&opts.src)?, run, IMAGES);
     pipeline::run(&build, inputs)
-}
-
-/// Members of one sample, in tar order.
-struct Sample {
-    key: String,
-    members: Vec<(String, Result<Vec<u8>, String>)>,
-}
-
-/// Streams one webdataset tar; returns false when the consumer is gone.
-fn read_tar(path: &Path, tx: &Sender<Result<Input, Error>>) -> Result<bool, Error> {
-    let tar_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut archive = open(path)?;
-    let entries = archive.entries().map_err(io(path))?;
-    let mut current: Option<Sample> = None;
-    let send = |input: Input| tx.send(Ok(input)).is_ok();
-    for e in entries {
-        let mut e = match e {
-            Ok(e) => e,
-            Err(err) => {
-                // A broken header ends what can be read of this tar; what was read counts.
-                if let Some(s) = current.take() {
-                    if !send(sample_input(&tar_name, s)) {
-                        return Ok(false);
-                    }
-                }
-                let r = Reject::new(RejectReason::ReadError, format!("tar stops here: {err}"));
-                let input = Input { id: format!("{tar_name}:?"), source: format!("{tar_name}:?"), label: None, caption: None, payload: Payload::Rejected(r) };
-                return Ok(send(input));
-            }
-        };
-        if !e.header().entry_type().is_file() {
-            continue;
-        }
-        let name = member_name(&e);
-        if !is_safe_name(&name) {
-            let r = Reject::new(RejectReason::UnsafePath, "absolute or .. member name; never written");
-            let input = Input { id: name.clone(), source: format!("{tar_name}:{name}"), label: None, caption: None, payload: Payload::Rejected(r) };
-            if !send(input) {
-                return Ok(false);
-            }
-            continue;
-        }
-        let (dir, base) = name.rsplit_once('/').map_or(("", name.as_str()), |(d, b)| (d, b));
-        let (stem, _) = base.split_once('.').unwrap_or((base, ""));
-        let key = if dir.is_empty() { stem.to_string() } else { format!("{dir}/{stem}") };
-        let mut buf = Vec::with_capacity(e.size() as usize);
-        let data = e.read_to_end(&mut buf).map(|_| buf).map_err(|err| err.to_string());
-        if current.as_ref().is_some_and(|s| s.key != key) {
-            if let Some(s) = current.take() {
-                if !send(sample_input(&tar_name, s)) {
-                    return Ok(false);
-                }
-            }
-        }
-        current.get_or_insert_with(|| Sample { key: key.clone(), members: Vec::new() }).members.push((name, data));
-    }
-    if let Some(s) = current.take() {
-        if !send(sample_input(&tar_name, s)) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-fn sample_input(tar_name: &str, s: Sample) -> Input {
-    let ext_of = |n: &str| n.rsplit('/').next().and_then(|b| b.split_once('.')).map(|(_, e)| e.to_lowercase()).unwrap_or_default();
-    let image = s.members.iter().find(|(n, _)| IMAGE_EXTS.contains(&ext_of(n).as_str()));
-    let text = s.members.iter().find(|(n, _)| ext_of(n) == "txt");
-    let source = format!("{tar_name}:{}", image.map_or(s.key.as_str(), |(n, _)| n.as_str()));
-    let mut input = Input { id: s.key.clone(), source, label: None, caption: None, payload: Payload::Rejected(Reject::new(RejectReason::Internal, "")) };
-    let caption = match text {
-        None => Err(Reject::new(RejectReason::BadCaption, "no .txt member")),
-        Some((_, Err(e))) => Err(Reject::new(RejectReason::ReadError, format!("caption member: {e}"))),
-        Some((_, Ok(b))) => normalize_caption(b),
-    };
-    input.payload = match (image, caption) {
-        (None, _) => Payload::Rejected(Reject::new(
-            RejectReason::MissingImage,
-            format!("no image member among {:?}", s.members.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()),
-        )),
-        (Some((_, Err(e))), _) => Payload::Rejected(Reject::new(RejectReason::ReadError, e.clone())),
-        (_, Err(r)) => Payload::Rejected(r),
-        (Some((_, Ok(bytes))), Ok(c)) => {
-            input.caption = Some(c);
-            Payload::Bytes(bytes.clone())
-        }
-    };
-    input
 }
 
 /// One table row: image path or url, raw caption bytes.
@@ -258,8 +133,23 @@ pub fn read_table(path: &Path) -> Result<Vec<Row>, Error> {
 
 /// Splits delimited text into records of raw fields; `"` quotes (with `""` escapes and
 /// embedded newlines) are honoured for CSV, and for TSV only when a field starts with one.
-fn split_records<R: BufRead>(mut r: R, sep: u8, path: &Path) -> Result<Vec<Vec<Vec<u8>>>, Error> {
+fn split_records<R: BufRead>(r: R, sep: u8, path: &Path) -> Result<Vec<Vec<Vec<u8>>>, Error> {
     let mut out = Vec::new();
+    for_each_record(r, sep, path, |record| {
+        out.push(record);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Streams the records of delimited text (as [`split_records`] splits them) to `f`, so that
+/// tables of millions of rows need not be held whole.
+pub(crate) fn for_each_record<R: BufRead>(
+    mut r: R,
+    sep: u8,
+    path: &Path,
+    mut f: impl FnMut(Vec<Vec<u8>>) -> Result<(), Error>,
+) -> Result<(), Error> {
     let mut line = Vec::new();
     let mut fields: Vec<Vec<u8>> = Vec::new();
     let mut field = Vec::new();
@@ -310,11 +200,11 @@ fn split_records<R: BufRead>(mut r: R, sep: u8, path: &Path) -> Result<Vec<Vec<V
             row += 1;
             let record = std::mem::take(&mut fields);
             if !(record.len() == 1 && record[0].is_empty()) {
-                out.push(record);
+                f(record)?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn read_parquet_table(path: &Path) -> Result<Vec<Row>, Error> {

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::tar::{is_safe_name, member_name, open, produced};
 use super::RunOptions;
 use crate::error::{io, Error};
-use crate::pipeline::{self, Build, Input, Payload, Summary};
+use crate::pipeline::{self, Build, Input, Media, Payload, Summary};
 use crate::rejects::{Reject, RejectReason};
 use crate::settings::ImageSettings;
 
@@ -274,7 +274,7 @@ fn build_for(
     Build {
         out: run.out.clone(),
         kind: RecordKind::Image,
-        settings: settings.clone(),
+        media: Media::Image(settings.clone()),
         part: run.part,
         classes: Some(classes),
         manifest_settings: ms,

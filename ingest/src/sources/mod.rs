@@ -3,15 +3,21 @@
 //!
 //! - [`imagenet`]: ILSVRC2012 train/val folders, label files, the train tar of class tars;
 //! - [`cc12m`]: img2dataset webdataset tars and (path or url, caption) tables;
-//! - [`tar`]: safe member names, brace patterns, streaming producers shared by both.
+//! - [`webvid`]: WebVid-10M's CSV with a folder of downloaded videos, and video2dataset tars;
+//! - [`tar`]: safe member names, brace patterns, webdataset samples, streaming producers.
 
 pub mod cc12m;
 pub mod imagenet;
 pub mod tar;
+pub mod webvid;
 
 use std::path::PathBuf;
 
+use mdm_shards::RecordKind;
+
+use crate::pipeline::{Build, Media};
 use crate::settings::Part;
+use crate::text::TextSpec;
 
 /// Run options that do not change the output (not stored in the manifest, but `part`).
 #[derive(Debug, Clone)]
@@ -30,6 +36,26 @@ impl RunOptions {
             self.threads
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// A build of `media` into `kind` records; the manifest's settings are `settings` (an
+    /// object: source, medium settings) plus this run's part.
+    pub(crate) fn build(&self, kind: RecordKind, media: Media, mut settings: serde_json::Value, text: Option<TextSpec>) -> Build {
+        if let (Some(p), Some(o)) = (self.part, settings.as_object_mut()) {
+            o.insert("part".into(), serde_json::json!(p));
+        }
+        Build {
+            out: self.out.clone(),
+            kind,
+            media,
+            part: self.part,
+            classes: None,
+            manifest_settings: settings,
+            threads: self.threads(),
+            progress: self.progress,
+            total: None,
+            text,
         }
     }
 

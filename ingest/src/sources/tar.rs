@@ -1,14 +1,17 @@
-//! Tar helpers: member-name safety, webdataset brace patterns, and a producer thread that
+//! Tar helpers: member-name safety, webdataset brace patterns and sample grouping (images for
+//! img2dataset, videos for video2dataset), and a producer thread that
 //! turns a streaming tar walk into an iterator for the pipeline (bounded, so memory stays
 //! bounded). Members are only ever read into memory: nothing from a tar is written to disk,
 //! and a member whose name is absolute or contains `..` is rejected as `unsafe-path`.
 
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use crossbeam_channel::{bounded, Sender};
 
-use crate::error::Error;
-use crate::pipeline::Input;
+use crate::error::{io, Error};
+use crate::pipeline::{Input, Payload};
+use crate::rejects::{normalize_caption, Reject, RejectReason};
 
 /// Whether a member name is a plain relative path (no root, no `..`, no drive prefix).
 pub fn is_safe_member(name: &Path) -> bool {
@@ -86,6 +89,140 @@ pub fn tars_in(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         .collect();
     v.sort();
     Ok(v)
+}
+
+/// The samples of this part's tars (every N-th tar of `tars` under `--part I/N`), streamed.
+pub fn webdataset_inputs(tars: Vec<PathBuf>, run: &super::RunOptions, kind: SampleKind) -> impl Iterator<Item = Result<Input, Error>> + Send {
+    let mine: Vec<PathBuf> = tars.into_iter().enumerate().filter(|(u, _)| run.owns(*u as u64)).map(|(_, t)| t).collect();
+    produced(move |tx| {
+        for t in &mine {
+            if !read_webdataset(t, tx, &kind)? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Members of one sample, in tar order.
+struct Sample {
+    key: String,
+    members: Vec<(String, Result<Vec<u8>, String>)>,
+}
+
+/// Which member of a webdataset sample is its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleKind {
+    /// Extensions (lower case, after the key's first dot) of the payload member.
+    pub exts: &'static [&'static str],
+    /// "image", "video": for reject details.
+    pub what: &'static str,
+    /// Reason of a sample without a payload member.
+    pub missing: RejectReason,
+}
+
+/// A webdataset source (`--src`): a brace pattern, a folder of tars or one tar; every tar must exist.
+pub fn webdataset_tars(src: &str) -> Result<Vec<PathBuf>, Error> {
+    let path = Path::new(src);
+    let tars: Vec<PathBuf> = if src.contains('{') {
+        expand_braces(src)?.into_iter().map(PathBuf::from).collect()
+    } else if path.is_dir() {
+        tars_in(path)?
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if tars.is_empty() {
+        return Err(Error::Source { path: path.to_path_buf(), msg: "no .tar files".into() });
+    }
+    for t in &tars {
+        if !t.is_file() {
+            return Err(Error::Source { path: t.clone(), msg: "tar not found".into() });
+        }
+    }
+    Ok(tars)
+}
+
+/// Streams one webdataset tar (a sample is the run of consecutive members sharing a key: `KEY.jpg`,
+/// `KEY.txt`, `KEY.json`); returns false when the consumer is gone.
+pub fn read_webdataset(path: &Path, tx: &Sender<Result<Input, Error>>, kind: &SampleKind) -> Result<bool, Error> {
+    let tar_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut archive = open(path)?;
+    let entries = archive.entries().map_err(io(path))?;
+    let mut current: Option<Sample> = None;
+    let send = |input: Input| tx.send(Ok(input)).is_ok();
+    for e in entries {
+        let mut e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                // A broken header ends what can be read of this tar; what was read counts.
+                if let Some(s) = current.take() {
+                    if !send(sample_input(&tar_name, s, kind)) {
+                        return Ok(false);
+                    }
+                }
+                let r = Reject::new(RejectReason::ReadError, format!("tar stops here: {err}"));
+                let input = Input { id: format!("{tar_name}:?"), source: format!("{tar_name}:?"), label: None, caption: None, payload: Payload::Rejected(r) };
+                return Ok(send(input));
+            }
+        };
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let name = member_name(&e);
+        if !is_safe_name(&name) {
+            let r = Reject::new(RejectReason::UnsafePath, "absolute or .. member name; never written");
+            let input = Input { id: name.clone(), source: format!("{tar_name}:{name}"), label: None, caption: None, payload: Payload::Rejected(r) };
+            if !send(input) {
+                return Ok(false);
+            }
+            continue;
+        }
+        let (dir, base) = name.rsplit_once('/').map_or(("", name.as_str()), |(d, b)| (d, b));
+        let (stem, _) = base.split_once('.').unwrap_or((base, ""));
+        let key = if dir.is_empty() { stem.to_string() } else { format!("{dir}/{stem}") };
+        let mut buf = Vec::with_capacity(e.size() as usize);
+        let data = e.read_to_end(&mut buf).map(|_| buf).map_err(|err| err.to_string());
+        if current.as_ref().is_some_and(|s| s.key != key) {
+            if let Some(s) = current.take() {
+                if !send(sample_input(&tar_name, s, kind)) {
+                    return Ok(false);
+                }
+            }
+        }
+        current.get_or_insert_with(|| Sample { key: key.clone(), members: Vec::new() }).members.push((name, data));
+    }
+    if let Some(s) = current.take() {
+        if !send(sample_input(&tar_name, s, kind)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn sample_input(tar_name: &str, s: Sample, kind: &SampleKind) -> Input {
+    let ext_of = |n: &str| n.rsplit('/').next().and_then(|b| b.split_once('.')).map(|(_, e)| e.to_lowercase()).unwrap_or_default();
+    let image = s.members.iter().find(|(n, _)| kind.exts.contains(&ext_of(n).as_str()));
+    let text = s.members.iter().find(|(n, _)| ext_of(n) == "txt");
+    let source = format!("{tar_name}:{}", image.map_or(s.key.as_str(), |(n, _)| n.as_str()));
+    let mut input = Input { id: s.key.clone(), source, label: None, caption: None, payload: Payload::Rejected(Reject::new(RejectReason::Internal, "")) };
+    let caption = match text {
+        None => Err(Reject::new(RejectReason::BadCaption, "no .txt member")),
+        Some((_, Err(e))) => Err(Reject::new(RejectReason::ReadError, format!("caption member: {e}"))),
+        Some((_, Ok(b))) => normalize_caption(b),
+    };
+    input.payload = match (image, caption) {
+        (None, _) => Payload::Rejected(Reject::new(
+            kind.missing,
+            format!("no {} member among {:?}", kind.what, s.members.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()),
+        )),
+        (Some((_, Err(e))), _) => Payload::Rejected(Reject::new(RejectReason::ReadError, e.clone())),
+        (_, Err(r)) => Payload::Rejected(r),
+        (Some((_, Ok(bytes))), Ok(c)) => {
+            input.caption = Some(c);
+            Payload::Bytes(bytes.clone())
+        }
+    };
+    input
 }
 
 #[cfg(test)]
