@@ -1,6 +1,7 @@
 //! `mdm ingest` end to end through the binary: ingest an ILSVRC-shaped tree made here →
 //! `mdm shards verify` passes → `inspect` shows the reject counts; `--part` + `shards merge`;
-//! and a run killed with SIGKILL then rerun gives the same bytes as an uninterrupted run.
+//! and a run killed with SIGKILL then rerun gives the same bytes as an uninterrupted run —
+//! for ImageNet and for WebVid videos.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -172,4 +173,64 @@ fn cc12m_with_t5_inline_and_embed() {
     }
     let out = mdm(&["embed", "--shards", plain.to_str().expect("utf8"), "--out", dir.join("x").to_str().expect("utf8")]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--t5"));
+}
+
+/// `mdm ingest webvid`: the CSV + videos folder (settings from TOML, flags over them) →
+/// verify/inspect; a run killed with SIGKILL after its first chunk, rerun, gives the same bytes.
+#[test]
+fn webvid_csv_config_verify_and_kill_9() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let videos = tmp.path().join("videos");
+    std::fs::create_dir_all(videos.join("page7")).expect("mkdir");
+    let mut csv = String::from("videoid,contentUrl,duration,page_dir,name\n");
+    for i in 0..6u32 {
+        let dir = if i % 2 == 0 { videos.clone() } else { videos.join("page7") };
+        let st = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc=size=96x72:rate=25:duration=2:decimals={}", i % 3))
+            .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "10"])
+            .arg(dir.join(format!("{}.mp4", 1000 + i)))
+            .status()
+            .expect("the ffmpeg tool (scripts/setup.sh installs it)");
+        assert!(st.success());
+        csv.push_str(&format!("{},https://example.com/{i}.mp4,PT00H00M02S,page7,clip number {i}\n", 1000 + i));
+    }
+    csv.push_str("2000,https://example.com/x.mp4,PT00H00M02S,page7,never downloaded\n");
+    let table = tmp.path().join("results.csv");
+    put(&table, csv.as_bytes());
+    let config = tmp.path().join("video.toml");
+    put(&config, b"frames = 4\nfps = 2.0\nresolution = 32\n");
+    let args = |out: &Path| -> Vec<String> {
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let mut a: Vec<String> = vec!["ingest".into(), "webvid".into(), "--csv".into(), s(&table), "--videos".into(), s(&videos), "--out".into(), s(out)];
+        a.extend(["--config", config.to_str().expect("utf8"), "--fps", "4", "--shard-inputs", "1", "--threads", "1", "--quiet"].map(String::from));
+        a
+    };
+    let reference = tmp.path().join("reference");
+    let r = args(&reference);
+    let text = ok(&r.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(text.contains("in 7 = written 6 + rejected 1 (not-downloaded 1)"), "{text}");
+    let refs = reference.to_str().expect("utf8");
+    ok(&["shards", "verify", refs]);
+    let inspect = ok(&["shards", "inspect", refs]);
+    assert!(inspect.contains("video"), "{inspect}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(reference.join("manifest.json")).expect("manifest")).expect("json");
+    let v = &m["settings"]["video"];
+    assert_eq!((v["frames"].as_u64(), v["fps"].as_f64(), v["resolution"].as_u64()), (Some(4), Some(4.0), Some(32)), "{m}");
+
+    let killed = tmp.path().join("killed");
+    let k = args(&killed);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mdm")).args(&k).spawn().expect("spawn");
+    let start = Instant::now();
+    while !killed.join("shard-00000.chunk.json").exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let was_complete = killed.join("manifest.json").exists();
+    let text = ok(&k.iter().map(String::as_str).collect::<Vec<_>>());
+    if !was_complete {
+        assert!(text.contains("kept from an earlier run"), "{text}");
+    }
+    assert!(snapshot(&killed) == snapshot(&reference), "resumed output differs from the uninterrupted run");
 }

@@ -1,16 +1,18 @@
-//! `mdm ingest imagenet|cc12m`: datasets as users have them on disk → shards.
+//! `mdm ingest imagenet|cc12m|webvid`: datasets as users have them on disk → shards.
 //!
-//! Image settings come from `--config FILE.toml` (keys of `mdm_ingest::settings::ImageSettings`)
-//! and are overridden by the flags given; the resolved settings go into the manifest.
+//! Settings come from `--config FILE.toml` (keys of `mdm_ingest::settings::ImageSettings`, or
+//! `VideoSettings` for webvid) and are overridden by the flags given; the resolved settings go
+//! into the manifest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use mdm_ingest::settings::{Crop, ImageSettings, Part, SmallPolicy};
+use mdm_ingest::settings::{Crop, ImageSettings, Part, ShortPolicy, SmallPolicy, VideoSettings};
 use mdm_ingest::sources::cc12m::{self, Cc12mOptions};
 use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
+use mdm_ingest::sources::webvid::{self, WebvidOptions, WebvidSource};
 use mdm_ingest::sources::RunOptions;
 use mdm_ingest::t5::{EncodeOptions, LongCaptions, StorageDtype, T5Device, T5Dtype};
 use mdm_ingest::text::TextSpec;
@@ -21,6 +23,8 @@ pub enum IngestCmd {
     Imagenet(ImagenetArgs),
     /// CC12M: img2dataset webdataset tars (folder, brace pattern, one tar) or a TSV/CSV/Parquet table.
     Cc12m(Cc12mArgs),
+    /// WebVid-10M: the CSV with a folder of downloaded videos, or video2dataset tars.
+    Webvid(WebvidArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -41,15 +45,41 @@ pub enum SmallArg {
     Reject,
 }
 
-/// Settings shared by all sources.
+/// Output and execution flags of every source.
 #[derive(Args)]
-pub struct Common {
+pub struct RunArgs {
     /// Output folder (shards, manifest.json, rejects.jsonl).
     #[arg(long)]
     out: PathBuf,
-    /// TOML file of image settings; flags override it.
+    /// TOML file of settings (the keys of the long flags below, with underscores); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Inputs per shard (fixed boundaries make parts and resume deterministic). Default 8192 images, 1024 videos.
+    #[arg(long)]
+    shard_inputs: Option<u64>,
+    /// Worker threads (default: all cores). The output does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Process slice I of N (0-based), e.g. 3/16 from a Slurm array or Kubernetes indexed job.
+    #[arg(long)]
+    part: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RunArgs {
+    fn options(&self) -> Result<RunOptions> {
+        let part = self.part.as_deref().map(Part::parse).transpose()?;
+        Ok(RunOptions { out: self.out.clone(), threads: self.threads, part, progress: !self.quiet })
+    }
+}
+
+/// Settings of the image sources.
+#[derive(Args)]
+pub struct Common {
+    #[command(flatten)]
+    run: RunArgs,
     /// Stored resolution R (R×R JPEG). Default 256.
     #[arg(long)]
     resolution: Option<u32>,
@@ -71,18 +101,6 @@ pub struct Common {
     /// Header check: width × height above this is a decompression bomb.
     #[arg(long)]
     max_pixels: Option<u64>,
-    /// Inputs per shard (fixed boundaries make parts and resume deterministic). Default 8192.
-    #[arg(long)]
-    shard_inputs: Option<u64>,
-    /// Worker threads (default: all cores). The output does not depend on it.
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Process slice I of N (0-based), e.g. 3/16 from a Slurm array or Kubernetes indexed job.
-    #[arg(long)]
-    part: Option<String>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
 }
 
 #[derive(Args)]
@@ -143,6 +161,106 @@ pub struct T5Args {
     pub batch: usize,
 }
 
+#[derive(Args)]
+pub struct WebvidArgs {
+    /// The WebVid CSV (videoid,contentUrl,duration,page_dir,name); needs --videos.
+    #[arg(long, requires = "videos", conflicts_with = "src")]
+    csv: Option<PathBuf>,
+    /// Folder of downloaded videos: <videoid>.mp4 or <page_dir>/<videoid>.mp4 (also webm, mkv, mov).
+    #[arg(long, requires = "csv")]
+    videos: Option<PathBuf>,
+    /// video2dataset output instead: a folder of tars, a brace pattern, or one tar.
+    #[arg(long, required_unless_present = "csv")]
+    src: Option<String>,
+    #[command(flatten)]
+    t5: T5Args,
+    #[command(flatten)]
+    video: VideoArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ShortArg {
+    Reject,
+    Loop,
+}
+
+/// Settings of the video path.
+#[derive(Args)]
+pub struct VideoArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Frames per clip. Default 16.
+    #[arg(long)]
+    frames: Option<u32>,
+    /// Sampling rate of the stored frames. Default 8.
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Stored resolution R: shortest side to R, centred R×R crop. Default 256.
+    #[arg(long)]
+    resolution: Option<u32>,
+    /// Clip windows per video (start offsets deterministic from the video id and --seed). Default 1.
+    #[arg(long)]
+    clips_per_video: Option<u32>,
+    /// Videos shorter than one clip: reject (`too-short`, default) or loop.
+    #[arg(long, value_enum)]
+    short: Option<ShortArg>,
+    /// JPEG quality of the stored frames. Default 90.
+    #[arg(long)]
+    quality: Option<u8>,
+    /// Reject videos whose displayed shortest side is below this (`too-small`). Default 32.
+    #[arg(long)]
+    min_side: Option<u32>,
+    /// Frames of more pixels than this are rejected before decoding. Default 7680×4320.
+    #[arg(long)]
+    max_pixels: Option<u64>,
+    /// Wall-clock limit per video in seconds (`timeout`). Default 60.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Seed of the clip start offsets. Default 0.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl VideoArgs {
+    fn resolve(&self) -> Result<(VideoSettings, RunOptions)> {
+        let mut s = match &self.run.config {
+            Some(p) => VideoSettings::from_toml_file(p)?,
+            None => VideoSettings::default(),
+        };
+        let set = |dst: &mut u32, v: Option<u32>| v.into_iter().for_each(|v| *dst = v);
+        set(&mut s.frames, self.frames);
+        set(&mut s.resolution, self.resolution);
+        set(&mut s.clips_per_video, self.clips_per_video);
+        set(&mut s.min_side, self.min_side);
+        if let Some(v) = self.fps {
+            s.fps = v;
+        }
+        if let Some(p) = self.short {
+            s.short = match p {
+                ShortArg::Reject => ShortPolicy::Reject,
+                ShortArg::Loop => ShortPolicy::Loop,
+            };
+        }
+        if let Some(q) = self.quality {
+            s.quality = q;
+        }
+        if let Some(m) = self.max_pixels {
+            s.max_pixels = m;
+        }
+        if let Some(t) = self.timeout {
+            s.timeout_secs = t;
+        }
+        if let Some(v) = self.seed {
+            s.seed = v;
+        }
+        if let Some(n) = self.run.shard_inputs {
+            s.shard_inputs = n;
+        }
+        s.validate()?;
+        Ok((s, self.run.options()?))
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum StorageArg {
     F16,
@@ -171,7 +289,7 @@ impl T5Args {
 
 impl Common {
     fn resolve(&self) -> Result<(ImageSettings, RunOptions)> {
-        let mut s = match &self.config {
+        let mut s = match &self.run.config {
             Some(p) => ImageSettings::from_toml_file(p)?,
             None => ImageSettings::default(),
         };
@@ -202,13 +320,11 @@ impl Common {
         if let Some(m) = self.max_pixels {
             s.max_pixels = m;
         }
-        if let Some(n) = self.shard_inputs {
+        if let Some(n) = self.run.shard_inputs {
             s.shard_inputs = n;
         }
         s.validate()?;
-        let part = self.part.as_deref().map(Part::parse).transpose()?;
-        let run = RunOptions { out: self.out.clone(), threads: self.threads, part, progress: !self.quiet };
-        Ok((s, run))
+        Ok((s, self.run.options()?))
     }
 }
 
@@ -231,6 +347,16 @@ pub fn run(cmd: IngestCmd) -> Result<ExitCode> {
             let (settings, run) = a.common.resolve()?;
             let opts = Cc12mOptions { src: a.src.clone(), image_root: a.image_root, text: a.t5.spec() };
             cc12m::ingest(&opts, &settings, &run).with_context(|| format!("ingest cc12m {}", a.src))?
+        }
+        IngestCmd::Webvid(a) => {
+            let (settings, run) = a.video.resolve()?;
+            let (source, what) = match (a.csv, a.videos, a.src) {
+                (Some(csv), Some(videos), _) => (WebvidSource::Csv { csv: csv.clone(), videos }, csv.display().to_string()),
+                (_, _, Some(src)) => (WebvidSource::Webdataset(src.clone()), src),
+                _ => anyhow::bail!("give --csv FILE --videos DIR, or --src TARS"),
+            };
+            let opts = WebvidOptions { source, text: a.t5.spec() };
+            webvid::ingest(&opts, &settings, &run).with_context(|| format!("ingest webvid {what}"))?
         }
     };
     println!("{summary}");
