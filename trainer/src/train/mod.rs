@@ -185,7 +185,7 @@ impl Trainer {
                 let wait = self.loader.stats().consumer_wait;
                 let wait_frac = (wait - window.2).as_secs_f64() / secs;
                 let img_s = (log.samples - window.1.min(log.samples)) as f64 / secs;
-                self.logger.report(&log, total, if window.1 == 0 { 0.0 } else { img_s }, wait_frac)?;
+                self.logger.report(&log, total, img_s, wait_frac)?;
                 window = (Instant::now(), log.samples, wait);
             }
             let every = self.run.config.sample.every;
@@ -413,7 +413,14 @@ fn grow(vs: &VarStore, model: &MdmUNet, p: &config::ProgressiveConfig, quiet: bo
     };
     let report = crate::growth::grow_from(vs, &weights, added)?;
     if !quiet {
-        eprintln!("grown from {}: {report}", weights.display());
+        eprintln!(
+            "grown from {}: {} tensors loaded under {:?}, {} fresh ({} adapters zeroed)",
+            weights.display(),
+            report.loaded.len(),
+            report.prefix,
+            report.fresh.len(),
+            report.zeroed.len()
+        );
     }
     Ok(())
 }
