@@ -190,26 +190,38 @@ impl VideoProcessor {
         // JPEG of `prev` once converted (index into `jpegs`).
         let mut prev_jpeg: Option<usize> = None;
         let mut frame = ff::frame::Video::empty();
-        let mut packet = ff::Packet::empty();
         let mut last_t: Option<f64> = None;
         let mut eof = false;
         let mut errors = 0u32;
         let mut last_error = String::new();
+        let (mut window, mut window_end, needed) = read_window(input, s, targets)?;
         while next < order.len() {
             input.check_deadline()?;
             if !eof {
-                match packet.read(&mut input.input) {
-                    Ok(()) if packet.stream() != s.index => continue,
-                    Ok(()) => {
+                let (item, in_window) = match window.pop_front() {
+                    Some(p) => (Next::Packet(p), true),
+                    None => match window_end.take() {
+                        Some(end) => (Next::End(end), true),
+                        None => (read_packet_of(input, s.index)?, false),
+                    },
+                };
+                match item {
+                    Next::Packet(packet) => {
+                        // Frames no sample needs are skipped when no other frame refers to them.
+                        let skip = in_window && needed.as_ref().is_some_and(|n| packet.pts().is_some_and(|p| !n.contains(&p)));
+                        // SAFETY: plain field of the open decoder context, read at the next decode call.
+                        unsafe {
+                            (*decoder.as_mut_ptr()).skip_frame =
+                                if skip { ffi::AVDiscard::AVDISCARD_NONREF } else { ffi::AVDiscard::AVDISCARD_DEFAULT };
+                        }
                         if let Err(e) = decoder.send_packet(&packet) {
                             errors += 1;
                             last_error = e.to_string();
                         }
                     }
-                    Err(ff::Error::Exit) => return Err(input.timeout()),
-                    Err(e) => {
-                        if e != ff::Error::Eof {
-                            last_error = e.to_string();
+                    Next::End(err) => {
+                        if let Some(e) = err {
+                            last_error = e;
                         }
                         eof = true;
                         let _ = decoder.send_eof();
@@ -318,6 +330,74 @@ impl VideoProcessor {
         }
         encode_jpeg(&mut self.compressor, &out)
     }
+}
+
+/// A packet of the video stream, or the end of what can be read (with the error, if not EOF).
+enum Next {
+    Packet(ff::Packet),
+    End(Option<String>),
+}
+
+fn read_packet_of(input: &mut MemInput<'_>, index: usize) -> Result<Next, Reject> {
+    let mut packet = ff::Packet::empty();
+    loop {
+        match packet.read(&mut input.input) {
+            Ok(()) if packet.stream() != index => continue,
+            Ok(()) => return Ok(Next::Packet(packet)),
+            Err(ff::Error::Exit) => return Err(input.timeout()),
+            Err(ff::Error::Eof) => return Ok(Next::End(None)),
+            Err(e) => return Ok(Next::End(Some(e.to_string()))),
+        }
+    }
+}
+
+/// Most packets read ahead for one clip window (beyond, nothing is skipped).
+const WINDOW_PACKETS: usize = 4096;
+
+/// Reads the packets up to the first one decoded after the last sample time (every packet
+/// shown at or before it comes earlier in decode order, since pts ≥ dts), and the set of the
+/// pts that some sample takes: the latest one at or before each sample time. `None` when a
+/// packet has no pts (then nothing is skipped). Also the end of the stream when it was hit.
+#[allow(clippy::type_complexity)]
+fn read_window(
+    input: &mut MemInput<'_>,
+    s: &StreamInfo,
+    targets: &[f64],
+) -> Result<(std::collections::VecDeque<ff::Packet>, Option<Option<String>>, Option<std::collections::HashSet<i64>>), Reject> {
+    let last = targets.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let time = |p: i64| (p - s.start) as f64 * s.time_base;
+    let mut window = std::collections::VecDeque::new();
+    let mut end = None;
+    while window.len() < WINDOW_PACKETS {
+        input.check_deadline()?;
+        match read_packet_of(input, s.index)? {
+            Next::Packet(p) => {
+                let past = p.dts().or(p.pts()).is_some_and(|d| time(d) > last);
+                window.push_back(p);
+                if past {
+                    break;
+                }
+            }
+            Next::End(e) => {
+                end = Some(e);
+                break;
+            }
+        }
+    }
+    let mut pts: Vec<i64> = Vec::with_capacity(window.len());
+    for p in &window {
+        match p.pts() {
+            Some(v) => pts.push(v),
+            None => return Ok((window, end, None)),
+        }
+    }
+    pts.sort_unstable();
+    let needed = targets
+        .iter()
+        .filter_map(|&t| pts.iter().rev().find(|&&p| time(p) <= t).copied())
+        .chain(pts.first().copied())
+        .collect();
+    Ok((window, end, Some(needed)))
 }
 
 /// Index in `jpegs` of the JPEG cached in `slot`, made and cached on first use.
