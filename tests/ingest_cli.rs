@@ -233,4 +233,24 @@ fn webvid_csv_config_verify_and_kill_9() {
         assert!(text.contains("kept from an earlier run"), "{text}");
     }
     assert!(snapshot(&killed) == snapshot(&reference), "resumed output differs from the uninterrupted run");
+
+    // --t5 inline with two clips per video: a caption over the token limit rejects its video
+    // (both clips, one reject line under the video id)
+    std::fs::copy(videos.join("1000.mp4"), videos.join("1006.mp4")).expect("copy");
+    let long = "a very long caption that goes on and on about the clip ".repeat(8);
+    csv.push_str(&format!("1006,https://example.com/6.mp4,PT00H00M02S,page7,{long}\n"));
+    put(&table, csv.as_bytes());
+    let t5 = tmp.path().join("t5");
+    ok(&["make-tiny-t5", t5.to_str().expect("utf8")]);
+    let embedded = tmp.path().join("t5out");
+    let mut a = args(&embedded);
+    a.extend(["--clips-per-video", "2", "--t5", t5.to_str().expect("utf8"), "--t5-device", "cpu", "--max-tokens", "24", "--long-captions", "reject"].map(String::from));
+    let text = ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(text.contains("in 8 = written 6 + rejected 2 (long-caption 1, not-downloaded 1)"), "{text}");
+    assert!(text.contains("T5: 12 captions embedded"), "{text}");
+    let emb = embedded.to_str().expect("utf8");
+    ok(&["shards", "verify", emb]);
+    assert!(ok(&["shards", "inspect", emb]).contains("rows        12"), "12 clips expected");
+    let rejects = std::fs::read_to_string(embedded.join("rejects.jsonl")).expect("rejects");
+    assert!(rejects.lines().any(|l| l.contains("\"id\":\"1006\"") && l.contains("long-caption")), "{rejects}");
 }

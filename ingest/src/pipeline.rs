@@ -185,12 +185,12 @@ struct ChunkDone {
 
 enum Outcome {
     /// The records of one input (one picture, or the clips of one video).
-    Written(Vec<Record>),
+    Written(Written),
     Rejected(RejectRecord),
 }
 
-/// The records of one input waiting for their caption embeddings.
-struct Pending {
+/// The records of one input, with the input's id and source (for a reject of them all).
+struct Written {
     id: String,
     source: String,
     records: Vec<Record>,
@@ -202,7 +202,7 @@ struct OpenChunk {
     stats: BuildStats,
     rejects: Vec<RejectRecord>,
     /// Inputs waiting for their caption embeddings (in order).
-    pending: Vec<Pending>,
+    pending: Vec<Written>,
 }
 
 impl OpenChunk {
@@ -419,12 +419,11 @@ fn process_one(worker: &mut Worker, kind: RecordKind, input: Input) -> Outcome {
     match worker {
         Worker::Image(processor) => match processor.process(&bytes) {
             Err(r) => reject(r, id, source),
-            Ok(p) => Outcome::Written(vec![record(
-                id,
-                p.width,
-                p.height,
-                Body::Image(ImageBody { label, crop_box: p.crop_box, jpegs: p.jpegs }),
-            )]),
+            Ok(p) => {
+                let body = Body::Image(ImageBody { label, crop_box: p.crop_box, jpegs: p.jpegs });
+                let records = vec![record(id.clone(), p.width, p.height, body)];
+                Outcome::Written(Written { id, source: source.clone(), records })
+            }
         },
         Worker::Video(processor) => match processor.process(&bytes, &id) {
             Err(r) => reject(r, id, source),
@@ -440,7 +439,7 @@ fn process_one(worker: &mut Worker, kind: RecordKind, input: Input) -> Outcome {
                         record(clip_id, v.width, v.height, Body::Video(body))
                     })
                     .collect();
-                Outcome::Written(records)
+                Outcome::Written(Written { id, source: source.clone(), records })
             }
         },
     }
@@ -469,14 +468,13 @@ fn write_ordered(
             };
             let c = chunk.insert(c);
             match outcome {
-                Outcome::Written(records) if text.is_some() => {
-                    let (id, source) = records.first().map(|r| (r.id.clone(), r.source.clone())).unwrap_or_default();
-                    c.pending.push(Pending { id, source, records });
+                Outcome::Written(w) if text.is_some() => {
+                    c.pending.push(w);
                     if c.pending_records() >= text.as_ref().map_or(1, TextStage::chunk) {
                         c.flush(text)?;
                     }
                 }
-                Outcome::Written(records) => c.accept(records)?,
+                Outcome::Written(w) => c.accept(w.records)?,
                 Outcome::Rejected(r) => c.reject(r),
             }
             if next % n == n - 1 {
