@@ -141,7 +141,10 @@ impl VideoProcessor {
         if bytes.is_empty() {
             return Err(Reject::new(RejectReason::Empty, "zero bytes"));
         }
-        let deadline = Instant::now() + Duration::from_secs_f64(self.settings.timeout_secs);
+        let limit = Duration::try_from_secs_f64(self.settings.timeout_secs).unwrap_or(Duration::MAX);
+        let now = Instant::now();
+        // A limit too large for the clock is no limit (a year from now).
+        let deadline = now.checked_add(limit).unwrap_or(now + Duration::from_secs(365 * 86_400));
         let mut input = MemInput::open(bytes, deadline)?;
         let stream = probe(&input, &self.settings)?;
         let plans = plan_clips(&self.settings, id, stream.duration)?;
@@ -156,21 +159,21 @@ impl VideoProcessor {
 
     /// Decodes one clip: seeks before its first sample time and walks forward. When the seek
     /// lands on a keyframe after that time (edit lists, B-frame delays), it retries from
-    /// one second earlier, then from the start.
+    /// one second earlier; when nothing decodes after the seek point, from the start.
     fn clip(&mut self, input: &mut MemInput<'_>, decoder: &mut ff::decoder::Video, s: &StreamInfo, targets: &[f64]) -> Result<(Vec<f64>, Vec<Vec<u8>>), Reject> {
         let first = targets.iter().copied().fold(f64::INFINITY, f64::min);
         let mut from = first;
         loop {
+            // Retries are only asked for from > 0: this loop ends at the start at the latest.
             match self.decode_from(input, decoder, s, targets, from)? {
-                Some(out) => return Ok(out),
-                // Only returned for from > 0: this loop ends at the start at the latest.
-                None => from = if from > 1.0 { from - 1.0 } else { 0.0 },
+                Attempt::Done(timestamps, frames) => return Ok((timestamps, frames)),
+                Attempt::Earlier => from = if from > 1.0 { from - 1.0 } else { 0.0 },
+                Attempt::FromStart => from = 0.0,
             }
         }
     }
 
-    /// Returns `None` when the first frame after seeking to `from` is later than the first
-    /// sample time, or there is none (and `from` is not the start yet).
+    /// One decode of a clip from the keyframe before `from` seconds.
     fn decode_from(
         &mut self,
         input: &mut MemInput<'_>,
@@ -178,7 +181,7 @@ impl VideoProcessor {
         s: &StreamInfo,
         targets: &[f64],
         from: f64,
-    ) -> Result<Option<(Vec<f64>, Vec<Vec<u8>>)>, Reject> {
+    ) -> Result<Attempt, Reject> {
         input.seek(s, from)?;
         decoder.flush();
         let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -253,7 +256,7 @@ impl VideoProcessor {
                 };
                 last_t = Some(t);
                 if prev.is_none() && next == 0 && t > targets[order[0]] + 1e-9 && from > 0.0 {
-                    return Ok(None);
+                    return Ok(Attempt::Earlier);
                 }
                 // Sample times before this frame take the previous one (the first frame when
                 // they lie before it).
@@ -288,7 +291,7 @@ impl VideoProcessor {
             let Some((pt, pf)) = &prev else {
                 // Nothing after the seek point: try from earlier, and from the start decide.
                 if from > 0.0 {
-                    return Ok(None);
+                    return Ok(Attempt::FromStart);
                 }
                 if bmff_truncated(input.data) {
                     return Err(Reject::new(RejectReason::Truncated, format!("no frame could be decoded from a cut-off MP4/MOV ({} bytes)", input.data.len())));
@@ -313,7 +316,7 @@ impl VideoProcessor {
             timestamps.push(t);
             frames.push(jpegs[j].clone());
         }
-        Ok(Some((timestamps, frames)))
+        Ok(Attempt::Done(timestamps, frames))
     }
 
     /// Decoded frame → RGB → centred displayed square → R×R → rotation → JPEG.
@@ -330,6 +333,16 @@ impl VideoProcessor {
         }
         encode_jpeg(&mut self.compressor, &out)
     }
+}
+
+/// Outcome of one decode of a clip.
+enum Attempt {
+    /// Timestamps and JPEG frames of every sample.
+    Done(Vec<f64>, Vec<Vec<u8>>),
+    /// The seek landed after the first sample time: seek one second earlier.
+    Earlier,
+    /// Nothing decoded after the seek point: decode from the start.
+    FromStart,
 }
 
 /// A packet of the video stream, or the end of what can be read (with the error, if not EOF).
@@ -351,8 +364,9 @@ fn read_packet_of(input: &mut MemInput<'_>, index: usize) -> Result<Next, Reject
     }
 }
 
-/// Most packets read ahead for one clip window (beyond, nothing is skipped).
+/// Most packets and bytes read ahead for one clip window (beyond, nothing is skipped).
 const WINDOW_PACKETS: usize = 4096;
+const WINDOW_BYTES: usize = 64 << 20;
 
 /// Reads the packets up to the first one decoded after the last sample time (every packet
 /// shown at or before it comes earlier in decode order, since pts ≥ dts), and the set of the
@@ -368,11 +382,13 @@ fn read_window(
     let time = |p: i64| (p - s.start) as f64 * s.time_base;
     let mut window = std::collections::VecDeque::new();
     let mut end = None;
-    while window.len() < WINDOW_PACKETS {
+    let mut bytes = 0usize;
+    while window.len() < WINDOW_PACKETS && bytes < WINDOW_BYTES {
         input.check_deadline()?;
         match read_packet_of(input, s.index)? {
             Next::Packet(p) => {
                 let past = p.dts().or(p.pts()).is_some_and(|d| time(d) > last);
+                bytes += p.size();
                 window.push_back(p);
                 if past {
                     break;

@@ -222,6 +222,10 @@ fn codecs_rates_rotation_aspect_and_rejects() {
     let hurried = VideoSettings { timeout_secs: 1e-9, ..settings() };
     let r = VideoProcessor::new(&hurried).unwrap().process(&read("h264_25.mp4"), "x").unwrap_err();
     assert_eq!(r.reason, RejectReason::Timeout, "{}", r.detail);
+    // a limit beyond the clock's range is no limit (and no panic)
+    let patient = VideoSettings { timeout_secs: 1e300, ..settings() };
+    patient.validate().unwrap();
+    assert!(VideoProcessor::new(&patient).unwrap().process(&read("h264_25.mp4"), "x").is_ok());
 }
 
 /// The WebVid CSV over the test videos, some under page_dir, some missing.
