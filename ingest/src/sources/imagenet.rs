@@ -267,22 +267,9 @@ fn build_for(
     classes: Vec<ClassInfo>,
     total: Option<u64>,
 ) -> Build {
-    let mut ms = serde_json::json!({ "source": "imagenet", "split": opts.split, "image": settings });
-    if let (Some(p), Some(o)) = (run.part, ms.as_object_mut()) {
-        o.insert("part".into(), serde_json::json!(p));
-    }
-    Build {
-        out: run.out.clone(),
-        kind: RecordKind::Image,
-        media: Media::Image(settings.clone()),
-        part: run.part,
-        classes: Some(classes),
-        manifest_settings: ms,
-        threads: run.threads(),
-        progress: run.progress,
-        total,
-        text: None,
-    }
+    let ms = serde_json::json!({ "source": "imagenet", "split": opts.split, "image": settings });
+    let build = run.build(RecordKind::Image, Media::Image(settings.clone()), ms, None);
+    Build { classes: Some(classes), total, ..build }
 }
 
 /// The original `ILSVRC2012_img_train.tar`: a tar of `<wnid>.tar`, each a tar of JPEGs.
