@@ -11,6 +11,14 @@ use mdm_trainer::tch::{Device, Kind, Tensor};
 use mdm_trainer::train::{self, batch, checkpoint, config::TrainConfig, Outcome, RunOptions, Trainer};
 use mdm_trainer::Error;
 
+/// libtorch's default RNG is process-wide and every run reseeds it: tests that train or draw
+/// random numbers take turns (a real run is one per process).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/models");
 
 /// A labelled image shard set (4 classes: coloured squares and discs) at 64 and 32.
@@ -110,6 +118,7 @@ fn assert_same_tensors(a: &Path, b: &Path) {
 
 #[test]
 fn resume_repeats_the_uninterrupted_run_exactly() {
+    let _serial = serial();
     let f = fixture();
     let run = "steps = 6\ncheckpoint_every = 4\nkeep_checkpoints = 2";
     let data = "batch_size = 4\ngrad_accum = 2\nresolution = 32\nrandom_flip = true";
@@ -160,6 +169,7 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
 
 #[test]
 fn grown_stage_trains_mixed_resolution_batches() {
+    let _serial = serial();
     let f = fixture();
     let s1 = config(&f.root, "s1", "tiny_32x32.toml", "steps = 2", "batch_size = 4\nresolution = 32", "");
     train::train_from_file(&s1, &quiet()).unwrap();
@@ -217,6 +227,7 @@ fn grown_stage_trains_mixed_resolution_batches() {
 
 #[test]
 fn non_finite_loss_stops_before_touching_the_last_checkpoint() {
+    let _serial = serial();
     let f = fixture();
     let c = config(
         &f.root,
@@ -237,6 +248,7 @@ fn non_finite_loss_stops_before_touching_the_last_checkpoint() {
 
 #[test]
 fn cfg_dropout_nulls_the_condition_at_the_set_rate() {
+    let _serial = serial();
     mdm_trainer::tch::manual_seed(3);
     let n = 4000;
     let tokens = Tensor::ones([n, 5, 8], (Kind::Float, Device::Cpu));
@@ -264,6 +276,7 @@ fn cfg_dropout_nulls_the_condition_at_the_set_rate() {
 
 #[test]
 fn configs_are_validated_once_with_clear_errors() {
+    let _serial = serial();
     let f = fixture();
     let cases = [
         ("[data]\nshards = [\"s\"]\nbatch_size = 2\nbogus = 1", "bogus"),
@@ -287,4 +300,54 @@ fn configs_are_validated_once_with_clear_errors() {
     let c = config(&f.root, "r", "tiny_32x32.toml", "steps = 2", "batch_size = 2\nresolution = 32", "");
     let out = train::train_from_file(&c, &RunOptions { resume: true, ..quiet() }).unwrap();
     assert!(matches!(out, Outcome::Finished { step: 2, .. }));
+}
+
+#[test]
+fn bf16_runs_train_from_fp32_master_weights() {
+    let _serial = serial();
+    let f = fixture();
+    let run = "steps = 2\ncheckpoint_every = 2";
+    let data = "batch_size = 2\nresolution = 32";
+    let a = config(&f.root, "f32", "tiny_32x32.toml", run, data, "");
+    let b = config(&f.root, "bf16", "tiny_32x32.toml", &format!("{run}\nprecision = \"bf16\""), data, "");
+    train::train_from_file(&a, &quiet()).unwrap();
+    train::train_from_file(&b, &quiet()).unwrap();
+    let (la, lb) = (losses(&f.root.join("runs/f32")), losses(&f.root.join("runs/bf16")));
+    let first = |l: &[(u64, String)]| -> f64 { l[0].1.split(' ').next().unwrap().parse().unwrap() };
+    let (x, y) = (first(&la), first(&lb));
+    // Same weights, batch and noise: only bf16 rounding differs.
+    assert!(x.is_finite() && y.is_finite() && (x - y).abs() / x < 0.05, "f32 {x} vs bf16 {y}");
+    assert_ne!(la, lb, "bf16 did not change the arithmetic");
+    let ckpt = checkpoint::resolve(&f.root.join("runs/bf16")).unwrap();
+    for file in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
+        assert!(tensors(&ckpt.join(file)).values().all(|t| t.kind() == Kind::Float), "{file} is not fp32");
+    }
+}
+
+#[test]
+fn bf16_forward_agrees_with_f32() {
+    let _serial = serial();
+    use mdm_trainer::config::ModelConfig;
+    use mdm_trainer::model::{MdmUNet, Micros};
+    mdm_trainer::tch::manual_seed(0);
+    let cfg = ModelConfig::from_file(format!("{MODELS}/tiny_32x32.toml")).unwrap();
+    let vs = mdm_trainer::tch::nn::VarStore::new(Device::Cpu);
+    let model = MdmUNet::new(&vs.root(), &cfg).unwrap();
+    let x = vec![Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu))];
+    let t = Tensor::from_slice(&[10i64, 300, 600, 990]);
+    let c = Conditioning::Class(Tensor::from_slice(&[0i64, 1, 2, 4]));
+    let _g = mdm_trainer::tch::no_grad_guard();
+    // Fresh models output zero (zero-initialised conv_out): give every tensor random values.
+    for (_, mut v) in vs.variables() {
+        let r = v.randn_like() * 0.2;
+        let _ = v.copy_(&r);
+    }
+    let a = model.forward(&x, &t, &c, &Micros::new(), false).unwrap().remove(0);
+    let mut vs = vs;
+    vs.bfloat16();
+    let b = model.forward(&x, &t, &c, &Micros::new(), false).unwrap().remove(0);
+    assert_eq!(b.kind(), Kind::Float);
+    let rel = ((&a - &b).square().mean(Kind::Float) / a.square().mean(Kind::Float)).sqrt().double_value(&[]);
+    assert!(a.abs().mean(Kind::Float).double_value(&[]) > 1e-3);
+    assert!(rel < 0.03, "bf16 forward differs from f32 by {rel} (relative RMS)");
 }

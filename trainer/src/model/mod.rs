@@ -296,6 +296,21 @@ impl MdmUNet {
         trace: &mut Trace,
     ) -> Result<Vec<Tensor>> {
         self.check_inputs(x_t, times, cond, micros)?;
+        // A model stored in another kind than the inputs (bf16 training) computes in its own
+        // kind and returns float predictions.
+        let kind = self.top.param_kind();
+        if x_t.iter().any(|x| x.kind() != kind) {
+            let x: Vec<Tensor> = x_t.iter().map(|x| x.to_kind(kind)).collect();
+            let cond = match cond {
+                Conditioning::Text { tokens, mask } => {
+                    Conditioning::Text { tokens: tokens.to_kind(kind), mask: mask.to_kind(kind) }
+                }
+                Conditioning::Class(c) => Conditioning::Class(c.shallow_clone()),
+                Conditioning::None => Conditioning::None,
+            };
+            let outs = self.forward_traced(&x, times, &cond, micros, train, trace)?;
+            return Ok(outs.iter().map(|o| o.to_kind(x_t[0].kind())).collect());
+        }
         let (cond_emb, tokens, mask) = self.top.conditioning(cond, trace, "")?;
         let (outs, _) = self.top.forward_level(
             x_t,

@@ -39,6 +39,11 @@ pub struct UNetLevel {
 }
 
 impl UNetLevel {
+    /// The kind the weights are stored in (bf16 training keeps the model in bf16).
+    pub fn param_kind(&self) -> tch::Kind {
+        self.conv_in.ws.kind()
+    }
+
     /// Builds the level and, when nested, its inner levels under `inner_unet`.
     /// `num_classes` adds `class_emb` to the innermost level.
     pub fn new(p: &nn::Path, s: &LevelSpec, cin: i64, cout: i64, num_classes: Option<i64>) -> Self {

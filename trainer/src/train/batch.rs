@@ -163,13 +163,3 @@ pub fn cfg_dropout(cond: Conditioning, p: f64, null_class: Option<i64>) -> Resul
         Conditioning::None => Conditioning::None,
     })
 }
-
-/// Casts the text states to `kind` (bf16 training).
-pub fn cond_to_kind(cond: Conditioning, kind: Kind) -> Conditioning {
-    match cond {
-        Conditioning::Text { tokens, mask } => {
-            Conditioning::Text { tokens: tokens.to_kind(kind), mask: mask.to_kind(kind) }
-        }
-        c => c,
-    }
-}

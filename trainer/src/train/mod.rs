@@ -230,25 +230,10 @@ impl Trainer {
             let tb = batch::to_tensors(&batch, &self.run.sides, self.run.cond, self.device)?;
             self.samples += tb.len() as u64;
             let cond = batch::cfg_dropout(tb.cond, cfg.data.cfg_dropout, self.model.null_class())?;
-            let b = tb.groups.iter().map(|g| g.size()[0]).sum::<i64>();
-            let time = Tensor::randint(self.diffusion.schedule.steps, [b], (Kind::Int64, self.device));
-            let inputs = self.diffusion.inputs_grouped(&tb.groups, &time)?;
-            let x = self.diffusion.model_inputs(&inputs);
-            let (x, cond) = match cfg.run.precision {
-                Precision::F32 => (x, cond),
-                Precision::Bf16 => (
-                    x.iter().map(|t| t.to_kind(Kind::BFloat16)).collect(),
-                    batch::cond_to_kind(cond, Kind::BFloat16),
-                ),
-            };
-            let preds = self.model.forward(&x, &inputs.time, &cond, &Micros::new(), true)?;
-            let preds: Vec<Tensor> = preds.iter().map(|p| p.to_kind(Kind::Float)).collect();
-            let terms = self.diffusion.loss(&inputs, &preds)?;
-            let l = terms.total.mean(Kind::Float);
-            l.backward();
-            loss += l.double_value(&[]);
-            for (acc, t) in per_level.iter_mut().zip(&terms.per_level) {
-                *acc += t.mean(Kind::Float).double_value(&[]);
+            let (l, levels) = forward_backward(&self.model, &self.diffusion, &tb.groups, &cond)?;
+            loss += l;
+            for (acc, t) in per_level.iter_mut().zip(levels) {
+                *acc += t;
             }
         }
         let n = accum as f64;
@@ -338,6 +323,27 @@ impl Trainer {
             }
         })
     }
+}
+
+/// One micro-batch: draws times and noise (libtorch's RNG), runs the model (which computes
+/// in its own kind: bf16 for bf16 runs), backpropagates the batch-mean loss. Returns the loss
+/// and its per-level parts.
+pub fn forward_backward(
+    model: &MdmUNet,
+    diffusion: &NestedDiffusion,
+    groups: &[Tensor],
+    cond: &crate::model::Conditioning,
+) -> Result<(f64, Vec<f64>)> {
+    let b = groups.iter().map(|g| g.size()[0]).sum::<i64>();
+    let device = groups[0].device();
+    let time = Tensor::randint(diffusion.schedule.steps, [b], (Kind::Int64, device));
+    let inputs = diffusion.inputs_grouped(groups, &time)?;
+    let preds = model.forward(&diffusion.model_inputs(&inputs), &inputs.time, cond, &Micros::new(), true)?;
+    let terms = diffusion.loss(&inputs, &preds)?;
+    let l = terms.total.mean(Kind::Float);
+    l.backward();
+    let levels = terms.per_level.iter().map(|t| t.mean(Kind::Float).double_value(&[])).collect();
+    Ok((l.double_value(&[]), levels))
 }
 
 /// Builds the loader for a run (resumed from `state` when given).
