@@ -160,3 +160,40 @@ fn find_video(videos: &Path, row: &Row) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(out: &Path) -> RunOptions {
+        RunOptions { out: out.to_path_buf(), threads: 1, part: None, progress: false }
+    }
+
+    #[test]
+    fn csv_rows_layouts_and_rejects() {
+        let tmp = tempfile::tempdir().unwrap();
+        let csv = tmp.path().join("w.csv");
+        std::fs::write(&csv, "name,page_dir,videoid\n\"a, b\",p1,v1\nc,../up,v2\nd,p1,v1\ne,p1,v3\n").unwrap();
+        let rows = read_csv(&csv, &run(tmp.path())).unwrap();
+        assert_eq!(rows.iter().map(|r| (r.videoid.as_str(), r.duplicate)).collect::<Vec<_>>(), [("v1", false), ("v2", false), ("v1", true), ("v3", false)]);
+        let videos = tmp.path().join("videos");
+        std::fs::create_dir_all(videos.join("p1")).unwrap();
+        std::fs::write(videos.join("p1/v1.webm"), b"x").unwrap();
+        let inputs: Vec<Input> = rows.into_iter().map(|r| row_input("w.csv", &videos, r)).collect();
+        assert!(matches!(&inputs[0].payload, Payload::Path(p) if p.ends_with("p1/v1.webm")), "{:?}", inputs[0]);
+        assert_eq!(inputs[0].caption.as_deref(), Some("a, b"));
+        let reason = |i: &Input| match &i.payload {
+            Payload::Rejected(r) => Some(r.reason),
+            _ => None,
+        };
+        assert_eq!(reason(&inputs[1]), Some(RejectReason::UnsafePath));
+        assert_eq!(reason(&inputs[2]), Some(RejectReason::Duplicate));
+        assert_eq!(reason(&inputs[3]), Some(RejectReason::NotDownloaded));
+        // every other row under --part 1/2
+        let part = RunOptions { part: Some(crate::settings::Part { index: 1, count: 2 }), ..run(tmp.path()) };
+        let rows = read_csv(&csv, &part).unwrap();
+        assert_eq!(rows.iter().map(|r| r.number).collect::<Vec<_>>(), [2, 4]);
+        std::fs::write(&csv, "id,caption\n1,x\n").unwrap();
+        assert!(matches!(read_csv(&csv, &run(tmp.path())), Err(Error::Table { row: 1, .. })));
+    }
+}
