@@ -55,7 +55,7 @@ fn text_config(dir: &Path, shards: &Path, steps: u64, checkpoint_every: u64) -> 
         .collect();
     let (top, tables) = model.split_once("\n[").expect("tables");
     let text = format!(
-        "[run]\nout = \"run\"\nsteps = {steps}\ndevice = \"cpu\"\nlog_every = 1\ncheckpoint_every = {checkpoint_every}\n\n[data]\nshards = [{:?}]\nbatch_size = 4\nworkers = 1\ncfg_dropout = 0.2\n\n[optim]\nlr = 1e-3\n\n[model]\n{top}\n[{tables}",
+        "[run]\nout = \"run\"\nsteps = {steps}\ndevice = \"cpu\"\nthreads = 1\nlog_every = 1\ncheckpoint_every = {checkpoint_every}\n\n[data]\nshards = [{:?}]\nbatch_size = 4\nworkers = 1\ncfg_dropout = 0.2\n\n[optim]\nlr = 1e-3\n\n[model]\n{top}\n[{tables}",
         s(shards)
     );
     let p = dir.join("train.toml");

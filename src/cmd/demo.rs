@@ -144,7 +144,7 @@ fn write_config(
     let top: String = top.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(|l| format!("{l}\n")).collect();
     let grow = grow_from.map_or(String::new(), |p| format!("[progressive]\ngrow_from = {:?}\n\n", p.display().to_string()));
     let text = format!(
-        "# mdm demo, stage {name}\n[run]\nout = {:?}\nsteps = {steps}\ndevice = \"cpu\"\nlog_every = 25\ncheckpoint_every = 100\n\n[data]\nshards = [{:?}]\n{data}\ncfg_dropout = 0.1\nworkers = 1\n\n[optim]\n{optim}\nema_decay = 0.99\n\n{grow}[model]\n{top}\n{tables}\n",
+        "# mdm demo, stage {name}\n[run]\nout = {:?}\nsteps = {steps}\ndevice = \"cpu\"\nthreads = 1\nlog_every = 25\ncheckpoint_every = 100\n\n[data]\nshards = [{:?}]\n{data}\ncfg_dropout = 0.1\nworkers = 1\n\n[optim]\n{optim}\nema_decay = 0.99\n\n{grow}[model]\n{top}\n{tables}\n",
         out.join("runs").join(name).display().to_string(),
         shards.display().to_string(),
     );

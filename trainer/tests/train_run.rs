@@ -82,7 +82,7 @@ fn fixture() -> Fixture {
 /// A config file in `root` for the tiny 32² model; `extra` is appended TOML.
 fn config(root: &Path, name: &str, model: &str, run: &str, data: &str, extra: &str) -> PathBuf {
     let text = format!(
-        "model_file = \"{MODELS}/{model}\"\n\n[run]\nout = \"runs/{name}\"\ndevice = \"cpu\"\nseed = 7\nlog_every = 1\n{run}\n\n[data]\nshards = [\"shards\"]\nworkers = 1\n{data}\n\n{extra}\n"
+        "model_file = \"{MODELS}/{model}\"\n\n[run]\nout = \"runs/{name}\"\ndevice = \"cpu\"\nthreads = 1\nseed = 7\nlog_every = 1\n{run}\n\n[data]\nshards = [\"shards\"]\nworkers = 1\n{data}\n\n{extra}\n"
     );
     let p = root.join(format!("{name}.toml"));
     std::fs::write(&p, text).unwrap();
