@@ -351,3 +351,42 @@ fn bf16_forward_agrees_with_f32() {
     assert!(a.abs().mean(Kind::Float).double_value(&[]) > 1e-3);
     assert!(rel < 0.03, "bf16 forward differs from f32 by {rel} (relative RMS)");
 }
+
+#[test]
+fn every_preset_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/train");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let run = TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(run.ratio[0].0, run.sides[0], "{}", p.display());
+        // A grown stage names a run whose model is one level smaller: its stored side list
+        // is the inner part of this one.
+        if let Some(g) = &run.config.progressive {
+            let lower = run.config.run.out.parent().unwrap().join(g.grow_from.file_name().unwrap());
+            assert_eq!(lower, g.grow_from, "{}", p.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 7, "only {n} presets");
+    // The published stages chain: 64 → 256 → 1024 sides.
+    let side = |name: &str| TrainConfig::load(&dir.join(name)).unwrap().sides;
+    assert_eq!(side("cc12m_64.toml"), vec![64]);
+    assert_eq!(side("cc12m_256.toml"), vec![256, 64]);
+    assert_eq!(side("cc12m_1024.toml"), vec![1024, 256, 64]);
+    assert_eq!(side("imagenet_256.toml"), vec![256, 64]);
+}
+
+#[test]
+fn imagenet_64_grows_into_imagenet_256() {
+    use mdm_trainer::config::ModelConfig;
+    use mdm_trainer::model::parameter_shapes;
+    let lower = parameter_shapes(&ModelConfig::from_file(format!("{MODELS}/imagenet_64x64.toml")).unwrap()).unwrap();
+    let upper = parameter_shapes(&ModelConfig::from_file(format!("{MODELS}/imagenet_256x256.toml")).unwrap()).unwrap();
+    let upper: BTreeMap<String, Vec<i64>> = upper.into_iter().map(|(k, s, _)| (k, s)).collect();
+    for (k, shape, _) in &lower {
+        assert_eq!(upper.get(&format!("inner_unet.{k}")), Some(shape), "{k}");
+    }
+    assert!(lower.iter().any(|(k, _, _)| k == "class_emb.weight"));
+    assert!(upper.keys().any(|k| !k.starts_with("inner_unet.")));
+}
