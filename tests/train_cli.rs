@@ -4,19 +4,11 @@
 
 use std::io::Cursor;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn mdm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mdm")).args(args).output().expect("run mdm")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = mdm(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "mdm {args:?} failed:\n{text}");
-    text
-}
+mod common;
+use common::{mdm, ok};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8")
