@@ -37,7 +37,7 @@ fn write_shards(dir: &Path, n: u32) {
                 let off = (i % 5) as f32 / 10.0;
                 let img = RgbImage::from_fn(r, r, |x, y| {
                     let (dx, dy) = (x as f32 / s - 0.3 - off, y as f32 / s - 0.5);
-                    let inside = if class % 2 == 0 { dx * dx + dy * dy < 0.04 } else { dx.abs() < 0.2 && dy.abs() < 0.2 };
+                    let inside = if class.is_multiple_of(2) { dx * dx + dy * dy < 0.04 } else { dx.abs() < 0.2 && dy.abs() < 0.2 };
                     Rgb(if inside { c } else { [20, 20, 20] })
                 });
                 let mut out = vec![];
@@ -135,7 +135,7 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
     let out = train::train_from_file(&b, &stop).unwrap();
     assert!(matches!(out, Outcome::Interrupted { step: 3, .. }), "{out:?}");
     let rb = f.root.join("runs/b");
-    let err = train::train_from_file(&b, &quiet()).err().expect("a second fresh start must be refused");
+    let err = train::train_from_file(&b, &quiet()).expect_err("a second fresh start must be refused");
     assert!(err.to_string().contains("--resume"), "{err}");
     let out = train::train_from_file(&b, &RunOptions { resume: true, ..quiet() }).unwrap();
     assert!(matches!(out, Outcome::Finished { step: 6, .. }), "{out:?}");
@@ -237,7 +237,7 @@ fn non_finite_loss_stops_before_touching_the_last_checkpoint() {
         "batch_size = 4\nresolution = 32",
         "[optim]\nlr = 1e30\nclip_grad_norm = 0.0",
     );
-    let err = train::train_from_file(&c, &quiet()).err().expect("a 1e30 learning rate must blow up");
+    let err = train::train_from_file(&c, &quiet()).expect_err("a 1e30 learning rate must blow up");
     let Error::NonFinite { step, checkpoint: Some(last), .. } = &err else { panic!("{err}") };
     let run = f.root.join("runs/nan");
     let kept: Vec<u64> = checkpoint::list(&run).unwrap().iter().map(|c| c.0).collect();
@@ -340,7 +340,7 @@ fn bf16_forward_agrees_with_f32() {
     // Fresh models output zero (zero-initialised conv_out): give every tensor random values.
     for (_, mut v) in vs.variables() {
         let r = v.randn_like() * 0.2;
-        let _ = v.copy_(&r);
+        v.copy_(&r);
     }
     let a = model.forward(&x, &t, &c, &Micros::new(), false).unwrap().remove(0);
     let mut vs = vs;

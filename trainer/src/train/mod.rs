@@ -180,7 +180,7 @@ impl Trainer {
             let log = self.step()?;
             self.logger.step(&log)?;
             let step = self.opt.step;
-            if step % log_every == 0 || step == total {
+            if step.is_multiple_of(log_every) || step == total {
                 let secs = window.0.elapsed().as_secs_f64().max(1e-9);
                 let wait = self.loader.stats().consumer_wait;
                 let wait_frac = (wait - window.2).as_secs_f64() / secs;
@@ -189,12 +189,12 @@ impl Trainer {
                 window = (Instant::now(), log.samples, wait);
             }
             let every = self.run.config.sample.every;
-            if every > 0 && step % every == 0 {
+            if every > 0 && step.is_multiple_of(every) {
                 self.log_samples()?;
             }
             let interrupted = self.stop.load(Ordering::Relaxed);
             let stopping = opts.stop_after.is_some_and(|n| step - started_at >= n);
-            if step % ckpt_every == 0 || step == total || interrupted || stopping {
+            if step.is_multiple_of(ckpt_every) || step == total || interrupted || stopping {
                 last_ckpt = Some(self.save()?);
             }
             if interrupted || stopping {
@@ -283,7 +283,7 @@ impl Trainer {
         // Swap the EMA in, sample, swap back.
         let backup = self.opt.master.copy();
         if let Some(e) = &self.opt.ema {
-            let _ = self.opt.master.copy_(e);
+            self.opt.master.copy_(e);
             self.opt.sync_working();
         }
         let cond = self.sample_condition(sc.count)?;
@@ -295,7 +295,7 @@ impl Trainer {
         };
         let seed = step_seed(self.run.config.run.seed, self.opt.step, u64::MAX - 1) as u64;
         let result = sample_levels(&self.model, &self.diffusion, &self.run.sides, &cond, sc.count, seed, &opts, self.device);
-        let _ = self.opt.master.copy_(&backup);
+        self.opt.master.copy_(&backup);
         self.opt.sync_working();
         let levels = result?;
         let (w, h, rgb) = grid(&levels)?;

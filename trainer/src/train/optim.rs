@@ -172,7 +172,7 @@ impl FlatOptimizer {
             let _ = e.lerp_(&self.master, 1.0 - self.cfg.ema_decay);
         }
         if let Some(w) = &mut self.working {
-            let _ = w.copy_(&self.master);
+            w.copy_(&self.master);
         }
         Ok(StepStats { grad_norm, lr })
     }
@@ -209,7 +209,7 @@ impl FlatOptimizer {
     pub fn sync_working(&mut self) {
         let _g = tch::no_grad_guard();
         if let Some(w) = &mut self.working {
-            let _ = w.copy_(&self.master);
+            w.copy_(&self.master);
         }
     }
 
@@ -217,7 +217,7 @@ impl FlatOptimizer {
     pub fn reset_ema(&mut self) {
         let _g = tch::no_grad_guard();
         if let Some(e) = &mut self.ema {
-            let _ = e.copy_(&self.master);
+            e.copy_(&self.master);
         }
     }
 }
