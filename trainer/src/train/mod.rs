@@ -274,9 +274,8 @@ impl Trainer {
         checkpoint::save(&cfg.run.out, &self.vs, &self.opt, &state, &self.config_toml, cfg.run.keep_checkpoints)
     }
 
-    /// A sample grid of the EMA (or current) weights into TensorBoard, conditioned like the
-    /// next batch's first samples... kept simple: the null condition and, for class models,
-    /// classes 0..count.
+    /// A sample grid of the EMA (or current) weights into TensorBoard: classes 0..count for
+    /// class models, the null (unconditional) condition for text and unconditional models.
     fn log_samples(&mut self) -> Result<()> {
         let sc = self.run.config.sample.clone();
         let _g = tch::no_grad_guard();
