@@ -23,8 +23,15 @@ case "$mode" in
   cuda)
     # Reference (ml-mdm on an H100, bf16 autocast, AdamW, clip 2.0, T5 states 128x2048):
     # 64² b32 212.6 img/s (torch.compile), 256² b8 49.0, 1024² b2 5.4 eager.
+    # Peak GPU memory: nvidia-smi sampled every 100 ms while each config runs.
     for m in cc12m_64x64:32 cc12m_256x256:8 cc12m_1024x1024:2; do
+      mem=$(mktemp)
+      nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$mem" &
+      smi=$!
       "$bin" --device cuda --precision bf16 --tokens 128 --model "configs/models/${m%%:*}.toml" --batch "${m##*:}" --steps "$steps"
+      kill "$smi"
+      echo "{\"model\":\"${m%%:*}\",\"peak_gpu_mem_mib\":$(sort -n "$mem" | tail -1)}"
+      rm -f "$mem"
     done
     ;;
   *) echo "usage: $0 cpu|cuda" >&2; exit 2 ;;
