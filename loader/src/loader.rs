@@ -1,5 +1,6 @@
 //! [`LoaderBuilder`] and [`Loader`]: settings in, batches out.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -374,6 +375,7 @@ impl LoaderBuilder {
             started: Instant::now(),
             batches: 0,
             samples: 0,
+            per_resolution: BTreeMap::new(),
             skipped: 0,
         })
     }
@@ -422,6 +424,7 @@ pub struct Loader {
     started: Instant,
     batches: u64,
     samples: u64,
+    per_resolution: BTreeMap<u32, u64>,
     skipped: u64,
 }
 
@@ -432,7 +435,7 @@ impl Loader {
     }
 
     pub fn stats(&self) -> Stats {
-        self.shared.snapshot((self.batches, self.samples, self.skipped), self.started)
+        self.shared.snapshot((self.batches, self.samples, self.skipped), &self.per_resolution, self.started)
     }
 
     /// Samples in one loader epoch (over all ranks): the rows of all sets together.
@@ -478,6 +481,9 @@ impl Iterator for Loader {
                 self.state.cursor = cursor;
                 self.batches += 1;
                 self.samples += batch.len() as u64;
+                for (&res, px) in &batch.pixels {
+                    *self.per_resolution.entry(res).or_default() += px.len() as u64;
+                }
                 self.log(&batch).map(|_| batch)
             }
         };

@@ -9,6 +9,10 @@
 //! `next()` gives one back per batch yielded, so at most `prefetch` steps are in flight: that
 //! bounds memory and pushes back on a slow consumer. The assembler puts results back into plan
 //! order, so the batches do not depend on the number of workers or their timing.
+//!
+//! Pixels are decoded straight into the step's batch tensors ([`StepPixels`]): the reader
+//! allocates them, each job carries a [`Target`], the one sample-sized range it may write, and
+//! the assembler takes the tensors back once every job of the step has reported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -62,6 +66,81 @@ impl Config {
     }
 }
 
+/// The pixel tensors of one step, one per resolution, each `samples × sample bytes`, in plan
+/// order; written in place by the decode workers through [`Target`]s.
+pub(crate) struct StepPixels {
+    /// (resolution, buffer, its base pointer for the targets).
+    tensors: Vec<(u32, Vec<u8>, *mut u8)>,
+}
+
+// SAFETY: the buffers are written only through `Target`s, whose ranges are disjoint (one per
+// slot, handed out once by `StepPixels::new`), and read only after `Arc::try_unwrap` proves
+// that every target (each holding an `Arc`) is gone.
+unsafe impl Send for StepPixels {}
+unsafe impl Sync for StepPixels {}
+
+/// The range of a step tensor that one sample is decoded into; exactly one per slot.
+pub(crate) struct Target {
+    step: Arc<StepPixels>,
+    tensor: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl Target {
+    fn pixels(&mut self) -> &mut [u8] {
+        let (_, buf, base) = &self.step.tensors[self.tensor];
+        assert!(self.offset + self.len <= buf.len());
+        // SAFETY: in bounds (checked above); no other target covers this range, and the buffer
+        // is not read or moved while this target (and its `Arc`) lives; `&mut self` makes the
+        // slice unique.
+        unsafe { std::slice::from_raw_parts_mut(base.add(self.offset), self.len) }
+    }
+}
+
+impl StepPixels {
+    /// Zeroed tensors for `plan` (`frames` per sample), and the target of each slot.
+    fn new(plan: &StepPlan, frames: usize) -> (Arc<StepPixels>, Vec<Target>) {
+        let sample_bytes = |res: u32| 3 * (res as usize).pow(2) * frames;
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for p in &plan.samples {
+            *counts.entry(p.resolution).or_default() += 1;
+        }
+        let tensors: Vec<(u32, Vec<u8>, *mut u8)> = counts
+            .iter()
+            .map(|(&res, &n)| {
+                let mut buf = vec![0u8; n * sample_bytes(res)];
+                let base = buf.as_mut_ptr();
+                (res, buf, base)
+            })
+            .collect();
+        let step = Arc::new(StepPixels { tensors });
+        let mut next: BTreeMap<u32, usize> = BTreeMap::new();
+        let targets = plan
+            .samples
+            .iter()
+            .map(|p| {
+                let k = next.entry(p.resolution).or_default();
+                let len = sample_bytes(p.resolution);
+                let target = Target { step: step.clone(), tensor: counts.range(..p.resolution).count(), offset: *k * len, len };
+                *k += 1;
+                target
+            })
+            .collect();
+        (step, targets)
+    }
+
+    fn bytes(&self) -> usize {
+        self.tensors.iter().map(|t| t.1.len()).sum()
+    }
+
+    /// The tensors by resolution, once no target is left.
+    fn into_tensors(step: Arc<StepPixels>) -> Result<BTreeMap<u32, Vec<u8>>> {
+        let step = Arc::try_unwrap(step).map_err(|_| Error::Pipeline("a step's pixels were still being written when it was assembled".into()))?;
+        Ok(step.tensors.into_iter().map(|(res, buf, _)| (res, buf)).collect())
+    }
+}
+
 pub(crate) struct Job {
     seq: u64,
     slot: usize,
@@ -69,25 +148,26 @@ pub(crate) struct Job {
     row: u64,
     payload: Payload,
     transform: Transform,
+    target: Target,
 }
 
-/// A decoded sample.
+/// A decoded sample; its pixels are in the step's tensors.
 pub(crate) struct Sample {
     id: String,
     caption: Option<String>,
     label: Option<i32>,
     text: Option<(u32, Vec<u8>)>,
-    pixels: Vec<u8>,
 }
 
 impl Sample {
     fn bytes(&self) -> usize {
-        self.pixels.len() + self.text.as_ref().map_or(0, |t| t.1.len())
+        self.text.as_ref().map_or(0, |t| t.1.len())
     }
 }
 
 pub(crate) enum Msg {
-    Step { seq: u64, plan: StepPlan },
+    /// Sent after the step's jobs, so that the assembler holds the last handle on its pixels.
+    Step { seq: u64, plan: StepPlan, pixels: Arc<StepPixels> },
     Done { seq: u64, slot: usize, result: std::result::Result<Sample, Corrupt> },
     Fatal(Error),
 }
@@ -109,12 +189,9 @@ pub(crate) fn reader(mut planner: Planner, mut fetcher: Fetcher, cfg: Arc<Config
         }
         add_time(&shared.reader_backpressure_ns, t);
         let plan = planner.next_step();
-        let samples = plan.samples.clone();
-        let epoch = plan.epoch;
-        if ch.results.send(Msg::Step { seq, plan }).is_err() {
-            return;
-        }
-        for (slot, p) in samples.iter().enumerate() {
+        let (pixels, targets) = StepPixels::new(&plan, cfg.frames());
+        shared.hold(pixels.bytes());
+        for ((slot, p), target) in plan.samples.iter().enumerate().zip(targets) {
             let t = Instant::now();
             let fetched = fetcher.fetch(p.set, p.shard, p.row, p.resolution);
             add_time(&shared.reader_io_ns, t);
@@ -127,7 +204,7 @@ pub(crate) fn reader(mut planner: Planner, mut fetcher: Fetcher, cfg: Arc<Config
                 Ok(Err(corrupt)) => ch.results.send(Msg::Done { seq, slot, result: Err(corrupt) }).is_ok(),
                 Ok(Ok(payload)) => {
                     shared.hold(payload.bytes());
-                    let job = Job { seq, slot, shard: fetcher.shard_name(p.set, p.shard), row: p.row, payload, transform: cfg.transform(epoch, p) };
+                    let job = Job { seq, slot, shard: fetcher.shard_name(p.set, p.shard), row: p.row, payload, transform: cfg.transform(plan.epoch, p), target };
                     let t = Instant::now();
                     let ok = ch.jobs.send(job).is_ok();
                     add_time(&shared.reader_wait_workers_ns, t);
@@ -137,6 +214,9 @@ pub(crate) fn reader(mut planner: Planner, mut fetcher: Fetcher, cfg: Arc<Config
             if !sent || stop.load(Relaxed) {
                 return;
             }
+        }
+        if ch.results.send(Msg::Step { seq, plan, pixels }).is_err() {
+            return;
         }
     }
 }
@@ -154,10 +234,10 @@ pub(crate) fn worker(cfg: Arc<Config>, jobs: Receiver<Job>, results: Sender<Msg>
         let Ok(job) = jobs.recv() else { return };
         add_time(&shared.decode_idle_ns, t);
         let t = Instant::now();
-        let Job { seq, slot, shard, row, payload, transform } = job;
+        let Job { seq, slot, shard, row, payload, transform, mut target } = job;
         let frames = cfg.frames();
         let side = 3 * (transform.out as usize).pow(2);
-        let mut pixels = vec![0u8; side * frames];
+        let pixels = target.pixels();
         let mut decoded = if payload.jpegs.is_empty() { Err("no frames".to_string()) } else { Ok(()) };
         for f in 0..frames {
             if decoded.is_err() {
@@ -167,10 +247,12 @@ pub(crate) fn worker(cfg: Arc<Config>, jobs: Receiver<Job>, results: Sender<Msg>
             let jpeg = &payload.jpegs[f.min(payload.jpegs.len().saturating_sub(1))];
             decoded = decoder.decode_into(jpeg, payload.stored, &transform, &mut pixels[f * side..(f + 1) * side]);
         }
+        // The assembler takes the step's tensors back once every target is gone.
+        drop(target);
         let payload_bytes = payload.bytes();
         let result = match decoded {
             Ok(()) => {
-                let sample = Sample { id: payload.id, caption: payload.caption, label: payload.label, text: payload.text, pixels };
+                let sample = Sample { id: payload.id, caption: payload.caption, label: payload.label, text: payload.text };
                 shared.hold(sample.bytes());
                 Ok(sample)
             }
@@ -186,7 +268,7 @@ pub(crate) fn worker(cfg: Arc<Config>, jobs: Receiver<Job>, results: Sender<Msg>
 
 #[derive(Default)]
 struct Pending {
-    plan: Option<StepPlan>,
+    plan: Option<(StepPlan, Arc<StepPixels>)>,
     done: HashMap<usize, std::result::Result<Sample, Corrupt>>,
 }
 
@@ -199,12 +281,12 @@ pub(crate) fn assembler(cfg: Arc<Config>, results: Receiver<Msg>, out: Sender<As
                 let _ = out.send(Err(e));
                 return;
             }
-            Msg::Step { seq, plan } => pending.entry(seq).or_default().plan = Some(plan),
+            Msg::Step { seq, plan, pixels } => pending.entry(seq).or_default().plan = Some((plan, pixels)),
             Msg::Done { seq, slot, result } => {
                 pending.entry(seq).or_default().done.insert(slot, result);
             }
         }
-        while pending.get(&next).is_some_and(|p| p.plan.as_ref().is_some_and(|plan| plan.samples.len() == p.done.len())) {
+        while pending.get(&next).is_some_and(|p| p.plan.as_ref().is_some_and(|(plan, _)| plan.samples.len() == p.done.len())) {
             let p = pending.remove(&next).expect("checked above");
             next += 1;
             let assembled = build(&cfg, p, &shared);
@@ -218,7 +300,13 @@ pub(crate) fn assembler(cfg: Arc<Config>, results: Receiver<Msg>, out: Sender<As
 
 /// Puts a complete step together, in plan order.
 fn build(cfg: &Config, mut p: Pending, shared: &Shared) -> Assembled {
-    let plan = p.plan.take().expect("complete steps have a plan");
+    let (plan, pixels) = p.plan.take().expect("complete steps have a plan");
+    let mut tensors = StepPixels::into_tensors(pixels)?;
+    let sample_bytes = |res: u32| 3 * (res as usize).pow(2) * cfg.frames();
+    // The held bytes are those allocated; a skipped sample's range is closed up below.
+    let mut held = tensors.values().map(Vec::len).sum::<usize>();
+    // Index of each slot in its resolution's tensor.
+    let mut index: BTreeMap<u32, usize> = BTreeMap::new();
     shared.neighbours(plan.samples.iter().map(|s| cfg.shard_offsets[s.set][s.shard as usize] + s.row), cfg.total_rows);
     let mut batch = Batch {
         epoch: plan.epoch,
@@ -237,8 +325,10 @@ fn build(cfg: &Config, mut p: Pending, shared: &Shared) -> Assembled {
         skipped: Vec::new(),
     };
     let mut kept = Vec::new();
-    let mut held = 0;
     for (slot, planned) in plan.samples.iter().enumerate() {
+        let k = index.entry(planned.resolution).or_default();
+        let in_tensor = *k;
+        *k += 1;
         match p.done.remove(&slot).expect("complete steps have every slot") {
             Err(corrupt) => {
                 if cfg.corrupt == CorruptPolicy::Fail {
@@ -261,13 +351,20 @@ fn build(cfg: &Config, mut p: Pending, shared: &Shared) -> Assembled {
                     resolution: planned.resolution,
                     frames,
                     rows: Vec::new(),
-                    data: Vec::new(),
+                    data: tensors.remove(&planned.resolution).expect("one tensor per resolution of the plan"),
                 });
+                // Close up behind skipped samples: this one moves to the tensor's next free row.
+                let n = sample_bytes(planned.resolution);
+                if px.rows.len() != in_tensor {
+                    px.data.copy_within(in_tensor * n..(in_tensor + 1) * n, px.rows.len() * n);
+                }
                 px.rows.push(row);
-                px.data.extend_from_slice(&sample.pixels);
                 kept.push(sample.text);
             }
         }
+    }
+    for px in batch.pixels.values_mut() {
+        px.data.truncate(px.rows.len() * px.sample_bytes());
     }
     if let Some((dtype, dim)) = cfg.text {
         let max_tokens = kept.iter().flatten().map(|t| t.0 as usize).max().unwrap_or(0);

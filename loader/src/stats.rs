@@ -1,6 +1,7 @@
 //! Counters for the trainer's logs: throughput, time each stage spends waiting, memory in
 //! flight and shuffle quality.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Stats {
     pub batches: u64,
     pub samples: u64,
+    /// Samples yielded at each resolution (side in pixels); they sum to `samples`.
+    pub samples_per_resolution: BTreeMap<u32, u64>,
     /// Corrupt rows in the batches yielded (skipped, or the one that failed the run).
     pub skipped: u64,
     pub elapsed: Duration,
@@ -83,13 +86,14 @@ impl Shared {
         }
     }
 
-    pub(crate) fn snapshot(&self, (batches, samples, skipped): (u64, u64, u64), started: Instant) -> Stats {
+    pub(crate) fn snapshot(&self, (batches, samples, skipped): (u64, u64, u64), per_resolution: &BTreeMap<u32, u64>, started: Instant) -> Stats {
         let t = |c: &AtomicU64| Duration::from_nanos(c.load(Relaxed));
         let elapsed = started.elapsed();
         let n = self.neighbours.lock().expect("stats lock");
         Stats {
             batches,
             samples,
+            samples_per_resolution: per_resolution.clone(),
             skipped,
             elapsed,
             samples_per_sec: samples as f64 / elapsed.as_secs_f64().max(1e-9),

@@ -12,7 +12,8 @@ fn mixed_ratio_holds_and_each_resolution_decodes_right() {
     write_set(tmp.path(), 300);
     let mut b = builder(tmp.path());
     b.batch_size(30).mixed_ratio(vec![(64, 2.0), (32, 1.0), (16, 1.0)]);
-    let batches: Vec<Batch> = b.build().unwrap().take(30).map(Result::unwrap).collect();
+    let mut loader = b.build().unwrap();
+    let batches: Vec<Batch> = loader.by_ref().take(30).map(Result::unwrap).collect();
     let mut count = std::collections::BTreeMap::new();
     for batch in &batches {
         for (res, px) in &batch.pixels {
@@ -22,6 +23,11 @@ fn mixed_ratio_holds_and_each_resolution_decodes_right() {
         }
         assert_pixels_match_ids(batch);
     }
+    // The trainer's logs see the same split.
+    let stats = loader.stats();
+    assert_eq!(stats.samples_per_resolution, count.iter().map(|(&r, &n)| (r, n as u64)).collect::<std::collections::BTreeMap<u32, u64>>());
+    assert_eq!(stats.samples_per_resolution.values().sum::<u64>(), stats.samples);
+    assert_eq!(stats.samples, 900);
     let total = 900.0;
     let share = |r| count[&r] as f64 / total;
     assert!((share(64) - 0.5).abs() < 0.05, "{count:?}");
