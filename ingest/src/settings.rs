@@ -45,7 +45,7 @@ pub struct ImageSettings {
     pub crop: Crop,
     /// Header check against decompression bombs: width × height above this is rejected.
     pub max_pixels: u64,
-    /// Let libjpeg-turbo shrink large JPEGs by m/8 in the DCT while decoding (never below R).
+    /// Let libjpeg-turbo shrink large JPEGs by 1/2, 1/4 or 1/8 in the DCT while decoding (never below R).
     pub dct_scaling: bool,
     /// Inputs per shard: shard k of a part holds the written ones among inputs
     /// [k·n, (k+1)·n), which makes shard boundaries deterministic and resumable.
