@@ -2,6 +2,8 @@
 //! 64² at scale 2/8), then, only when still needed, an area (box) resample of the crop window,
 //! with the horizontal flip folded into the final write.
 
+use std::mem::MaybeUninit;
+
 use turbojpeg::{Decompressor, Image, PixelFormat};
 
 /// Crop window (fractions of the stored square) and flip of one sample.
@@ -26,8 +28,9 @@ impl Decoder {
         Ok(Decoder { tj: Decompressor::new().map_err(|e| format!("libjpeg-turbo: {e}"))?, rgb: Vec::new(), tmp: Vec::new() })
     }
 
-    /// Decodes `jpeg` (a `stored`² image) into `out` (`3 * t.out²` bytes, CHW).
-    pub(crate) fn decode_into(&mut self, jpeg: &[u8], stored: u32, t: &Transform, out: &mut [u8]) -> Result<(), String> {
+    /// Decodes `jpeg` (a `stored`² image) into `out` (`3 * t.out²` bytes, CHW). On success
+    /// every one of those bytes is written; `out` may start uninitialised (a batch tensor).
+    pub(crate) fn decode_into(&mut self, jpeg: &[u8], stored: u32, t: &Transform, out: &mut [MaybeUninit<u8>]) -> Result<(), String> {
         let header = self.tj.read_header(jpeg).map_err(|e| format!("JPEG header: {}", e.to_string().trim()))?;
         if header.width != stored as usize || header.height != stored as usize {
             return Err(format!("JPEG is {}x{}, its column promises {stored}x{stored}", header.width, header.height));
@@ -57,7 +60,7 @@ impl Decoder {
 /// HWC to CHW, mirrored horizontally when `flip`: 16 pixels per step with SSSE3 byte shuffles
 /// when the CPU has them and the side is a multiple of 16 (6-11 µs for 256², against 55-75 µs
 /// for the byte loop, which LLVM does not vectorise), else byte by byte.
-fn to_chw(rgb: &[u8], side: usize, flip: bool, out: &mut [u8]) {
+fn to_chw(rgb: &[u8], side: usize, flip: bool, out: &mut [MaybeUninit<u8>]) {
     let plane = side * side;
     let (rgb, out) = (&rgb[..3 * plane], &mut out[..3 * plane]);
     #[cfg(target_arch = "x86_64")]
@@ -69,7 +72,7 @@ fn to_chw(rgb: &[u8], side: usize, flip: bool, out: &mut [u8]) {
     to_chw_bytes(rgb, side, flip, out);
 }
 
-fn to_chw_bytes(rgb: &[u8], side: usize, flip: bool, out: &mut [u8]) {
+fn to_chw_bytes(rgb: &[u8], side: usize, flip: bool, out: &mut [MaybeUninit<u8>]) {
     let plane = side * side;
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
@@ -77,8 +80,8 @@ fn to_chw_bytes(rgb: &[u8], side: usize, flip: bool, out: &mut [u8]) {
     for (((src, r), g), b) in rows {
         // Zipped iterators: no bounds checks in the inner loop.
         let dst = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
-        let put = |((r, g), b): ((&mut u8, &mut u8), &mut u8), px: &[u8]| {
-            (*r, *g, *b) = (px[0], px[1], px[2]);
+        let put = |((r, g), b): ((&mut MaybeUninit<u8>, &mut MaybeUninit<u8>), &mut MaybeUninit<u8>), px: &[u8]| {
+            (r.write(px[0]), g.write(px[1]), b.write(px[2]));
         };
         if flip {
             dst.rev().zip(src.chunks_exact(3)).for_each(|(d, px)| put(d, px));
@@ -105,13 +108,13 @@ fn shuffle_masks(flip: bool) -> [[[u8; 16]; 3]; 3] {
 /// The CPU has SSSE3, `side % 16 == 0`, and `rgb` and `out` hold `3 * side²` bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "ssse3")]
-unsafe fn to_chw_ssse3(rgb: &[u8], side: usize, flip: bool, out: &mut [u8]) {
+unsafe fn to_chw_ssse3(rgb: &[u8], side: usize, flip: bool, out: &mut [MaybeUninit<u8>]) {
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_or_si128, _mm_shuffle_epi8, _mm_storeu_si128};
     let plane = side * side;
     debug_assert!(side % 16 == 0 && rgb.len() == 3 * plane && out.len() == 3 * plane);
     let masks = shuffle_masks(flip).map(|c| c.map(|m| unsafe { _mm_loadu_si128(m.as_ptr().cast()) }));
     let blocks = side / 16;
-    let (src, dst) = (rgb.as_ptr(), out.as_mut_ptr());
+    let (src, dst) = (rgb.as_ptr(), out.as_mut_ptr().cast::<u8>());
     for y in 0..side {
         for k in 0..blocks {
             // SAFETY: pixels [16k, 16k + 16) of row y: bytes 48k..48k + 48 of a 3·side-byte row
@@ -153,7 +156,7 @@ fn area_taps(start: f64, len: f64, n_out: usize, n_src: usize) -> Vec<(usize, Ve
 
 /// Averages the square window `(x0, y0, side)` (source pixels) of the `s`² HWC image into
 /// `o`² CHW pixels: horizontal pass into `tmp`, then vertical.
-fn area_resample(rgb: &[u8], s: usize, (x0, y0, side): (f64, f64, f64), o: usize, flip: bool, tmp: &mut Vec<f32>, out: &mut [u8]) {
+fn area_resample(rgb: &[u8], s: usize, (x0, y0, side): (f64, f64, f64), o: usize, flip: bool, tmp: &mut Vec<f32>, out: &mut [MaybeUninit<u8>]) {
     let xs = area_taps(x0, side, o, s);
     let ys = area_taps(y0, side, o, s);
     let (first_row, last_row) = (ys[0].0, ys[o - 1].0 + ys[o - 1].1.len());
@@ -185,7 +188,7 @@ fn area_resample(rgb: &[u8], s: usize, (x0, y0, side): (f64, f64, f64), o: usize
             }
             let at = oy * o + if flip { o - 1 - ox } else { ox };
             for c in 0..3 {
-                out[c * plane + at] = acc[c].round().clamp(0.0, 255.0) as u8;
+                out[c * plane + at].write(acc[c].round().clamp(0.0, 255.0) as u8);
             }
         }
     }
@@ -194,6 +197,18 @@ fn area_resample(rgb: &[u8], s: usize, (x0, y0, side): (f64, f64, f64), o: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decodes into a fresh buffer of `3 * t.out²` bytes.
+    fn decode(d: &mut Decoder, jpeg: &[u8], stored: u32, t: &Transform) -> Result<Vec<u8>, String> {
+        let mut out = vec![MaybeUninit::new(0u8); 3 * (t.out as usize).pow(2)];
+        d.decode_into(jpeg, stored, t, &mut out)?;
+        Ok(init(out))
+    }
+
+    fn init(v: Vec<MaybeUninit<u8>>) -> Vec<u8> {
+        // SAFETY: every test buffer starts as zeroes.
+        v.into_iter().map(|b| unsafe { b.assume_init() }).collect()
+    }
 
     fn encode(side: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> Vec<u8> {
         let pixels: Vec<u8> = (0..side * side).flat_map(|i| f(i % side, i / side)).collect();
@@ -216,18 +231,16 @@ mod tests {
         // Left half red, right half blue.
         let jpeg = encode(64, |x, _| if x < 32 { [250, 0, 0] } else { [0, 0, 250] });
         let mut d = Decoder::new().unwrap();
-        let mut out = vec![0u8; 3 * 16 * 16];
         let plane = 256;
         for flip in [false, true] {
-            d.decode_into(&jpeg, 64, &Transform { out: 16, flip, crop: None }, &mut out).unwrap();
+            let out = decode(&mut d, &jpeg, 64, &Transform { out: 16, flip, crop: None }).unwrap();
             let (left, right) = (out[4 * 16 + 2], out[4 * 16 + 13]);
             let (red, blue) = if flip { (right, left) } else { (left, right) };
             assert!(red > 200 && out[2 * plane + 4 * 16 + if flip { 13 } else { 2 }] < 40, "flip {flip}");
             assert!(blue < 40, "flip {flip}: red channel of the blue half is {blue}");
         }
         // The right quarter only: all blue, through the resampling path (crop 16/64 -> 12).
-        let mut out = vec![0u8; 3 * 12 * 12];
-        d.decode_into(&jpeg, 64, &Transform { out: 12, flip: false, crop: Some((0.75, 0.0, 0.25)) }, &mut out).unwrap();
+        let out = decode(&mut d, &jpeg, 64, &Transform { out: 12, flip: false, crop: Some((0.75, 0.0, 0.25)) }).unwrap();
         assert!(out[..144].iter().all(|&v| v < 40) && out[288..].iter().all(|&v| v > 200));
     }
 
@@ -236,9 +249,10 @@ mod tests {
         for side in [16, 48, 256] {
             let rgb: Vec<u8> = (0..3 * side * side).map(|i| (i * 7 % 251) as u8).collect();
             for flip in [false, true] {
-                let (mut fast, mut slow) = (vec![0u8; 3 * side * side], vec![0u8; 3 * side * side]);
+                let (mut fast, mut slow) = (vec![MaybeUninit::new(0u8); 3 * side * side], vec![MaybeUninit::new(0u8); 3 * side * side]);
                 to_chw(&rgb, side, flip, &mut fast);
                 to_chw_bytes(&rgb, side, flip, &mut slow);
+                let (fast, slow) = (init(fast), init(slow));
                 assert!(fast == slow, "side {side}, flip {flip}");
                 // Pixel (x, y) channel c lands at plane c, row y, column x (mirrored when flipped).
                 let (x, y) = (5, side - 1);
@@ -252,9 +266,8 @@ mod tests {
     fn wrong_size_and_garbage_are_errors() {
         let jpeg = encode(32, |_, _| [1, 2, 3]);
         let mut d = Decoder::new().unwrap();
-        let mut out = vec![0u8; 3 * 16 * 16];
         let t = Transform { out: 16, flip: false, crop: None };
-        assert!(d.decode_into(&jpeg, 64, &t, &mut out).unwrap_err().contains("32x32"));
-        assert!(d.decode_into(&[0xff, 0xd8, 1, 2, 3], 32, &t, &mut out).is_err());
+        assert!(decode(&mut d, &jpeg, 64, &t).unwrap_err().contains("32x32"));
+        assert!(decode(&mut d, &[0xff, 0xd8, 1, 2, 3], 32, &t).is_err());
     }
 }
