@@ -390,3 +390,32 @@ fn imagenet_64_grows_into_imagenet_256() {
     assert!(lower.iter().any(|(k, _, _)| k == "class_emb.weight"));
     assert!(upper.keys().any(|k| !k.starts_with("inner_unet.")));
 }
+
+#[test]
+fn a_batch_without_outer_samples_trains_the_inner_level_only() {
+    use mdm_trainer::config::ModelConfig;
+    use mdm_trainer::diffusion::NestedDiffusion;
+    use mdm_trainer::model::MdmUNet;
+    let _serial = serial();
+    mdm_trainer::tch::manual_seed(1);
+    let cfg = ModelConfig::from_file(format!("{MODELS}/tiny_64x64.toml")).unwrap();
+    let vs = mdm_trainer::tch::nn::VarStore::new(Device::Cpu);
+    let model = MdmUNet::new(&vs.root(), &cfg).unwrap();
+    let diffusion = NestedDiffusion::for_model(&model, &cfg.diffusion(), Device::Cpu).unwrap();
+    // A mixed-ratio draw can give no 64² sample at all in a small batch.
+    let groups = vec![
+        Tensor::zeros([0, 3, 64, 64], (Kind::Float, Device::Cpu)),
+        Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
+    ];
+    let cond = Conditioning::Class(Tensor::from_slice(&[0i64, 1, 2]));
+    let (loss, levels) = train::forward_backward(&model, &diffusion, &groups, &cond).unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{loss}");
+    assert_eq!(levels[0], 0.0);
+    assert!(levels[1] > 0.0);
+    // The outer level gets no gradient, the inner one does (fresh models: at their zero-initialised
+    // output convolutions).
+    let vars = vs.variables();
+    let g = |k: &str| vars[k].grad().abs().sum(Kind::Float).double_value(&[]);
+    assert_eq!(g("conv_out.weight"), 0.0);
+    assert!(g("inner_unet.conv_out.weight") > 0.0);
+}

@@ -366,16 +366,8 @@ impl UNetLevel {
                     // Samples that train only the inner levels get no outer features.
                     let mut shape = y.size();
                     shape[0] = bl - bh;
-                    Tensor::cat(
-                        &[
-                            &y,
-                            &y.zeros_like()
-                                .narrow(0, 0, 1)
-                                .expand(shape.as_slice(), false)
-                                .contiguous(),
-                        ],
-                        0,
-                    )
+                    // (Also when no sample trains the outer level: `y` may have no rows.)
+                    Tensor::cat(&[&y, &Tensor::zeros(shape.as_slice(), (y.kind(), y.device()))], 0)
                 } else {
                     y
                 }
