@@ -88,6 +88,23 @@ fn ingest_verify_inspect_parts_merge() {
     ok(&["shards", "verify", merged_s]);
     let m = ok(&["shards", "inspect", merged_s]);
     assert!(m.contains("inputs      13 = 10 written + 3 rejected"), "{m}");
+    // the parts' rejects lists, concatenated in part order: the same 3 lines as the whole run's
+    let read = |p: &Path| std::fs::read_to_string(p).expect("rejects");
+    let part_rejects: Vec<String> = (0..2).map(|i| read(&tmp.path().join(format!("part{i}/rejects.part-{i}-of-2.jsonl")))).collect();
+    assert!(part_rejects.iter().all(|r| !r.is_empty()), "{part_rejects:?}");
+    let merged_rejects = read(&merged.join("rejects.jsonl"));
+    assert_eq!(merged_rejects, part_rejects.concat());
+    let sorted = |s: &str| {
+        let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&merged_rejects), sorted(&read(&out.join("rejects.jsonl"))));
+    // a part whose rejects list does not match its manifest is refused
+    std::fs::write(tmp.path().join("part1/rejects.part-1-of-2.jsonl"), "").expect("truncate");
+    let bad = mdm(&["shards", "merge", "--out", tmp.path().join("merged2").to_str().expect("utf8"), &manifests[0], &manifests[1]]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("lists 0 rejects, its manifest counts"), "{err}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `mdm shards inspect|verify|merge`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +18,8 @@ pub enum ShardsCmd {
     Verify {
         dir: PathBuf,
     },
-    /// Merge part manifests (folders or files) into OUT/manifest.json.
+    /// Merge part manifests (folders or files) into OUT/manifest.json, and their rejects lists
+    /// into OUT/rejects.jsonl (in part order).
     Merge {
         /// Folder to write the merged manifest into; shard paths become relative to it.
         #[arg(long)]
@@ -57,8 +58,10 @@ pub fn run(cmd: ShardsCmd) -> Result<ExitCode> {
         }
         ShardsCmd::Merge { out, parts } => {
             let mut loaded = Vec::new();
+            let mut rejects = Vec::new();
             for p in &parts {
                 let set = ShardSet::open(p).with_context(|| format!("reading part {}", p.display()))?;
+                rejects.push((rejects_file(&set.manifest_path), set.manifest.stats.rejected_total()));
                 loaded.push((set.dir, set.manifest));
             }
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -66,11 +69,65 @@ pub fn run(cmd: ShardsCmd) -> Result<ExitCode> {
             if out.join(mdm_shards::MANIFEST_FILE).exists() && parts.iter().all(|p| p != &out) {
                 bail!("{} already has a manifest.json; refusing to overwrite", out.display());
             }
+            // The rejects first, the manifest last (as ingest does): a merged manifest always
+            // has its rejects list beside it.
+            let rejects_path = out.join("rejects.jsonl");
+            merge_rejects(&rejects, &rejects_path)?;
             let path = merged.write(&out)?;
-            println!("merged {} parts: {} shards, {} rows -> {}", parts.len(), merged.shards.len(), merged.rows(), path.display());
+            println!(
+                "merged {} parts: {} shards, {} rows, {} rejects -> {}",
+                parts.len(),
+                merged.shards.len(),
+                merged.rows(),
+                merged.stats.rejected_total(),
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The rejects list written beside a manifest: `rejects.jsonl` beside `manifest.json`,
+/// `rejects.part-I-of-N.jsonl` beside `manifest.part-I-of-N.json` (the names `mdm ingest` and
+/// `mdm embed` use).
+fn rejects_file(manifest: &Path) -> PathBuf {
+    let name = manifest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let middle = name.strip_prefix("manifest").and_then(|r| r.strip_suffix(".json")).unwrap_or("");
+    manifest.with_file_name(format!("rejects{middle}.jsonl"))
+}
+
+/// Concatenates the parts' rejects lists, in part order, into `out` (through a temporary file
+/// and a rename). Each list must hold one line per reject its manifest counts, so that the
+/// merged `rejects.jsonl` accounts for `in = written + rejected`; a part without rejects may
+/// lack the file.
+fn merge_rejects(parts: &[(PathBuf, u64)], out: &Path) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let tmp = out.with_file_name(".rejects.jsonl.tmp");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    for (path, expected) in parts {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && *expected == 0 => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {} ({expected} rejects in its manifest)", path.display())),
+        };
+        let mut lines = 0u64;
+        for line in std::io::BufReader::new(file).split(b'\n') {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            w.write_all(&line)?;
+            w.write_all(b"\n")?;
+            lines += 1;
+        }
+        if lines != *expected {
+            bail!("{} lists {lines} rejects, its manifest counts {expected}", path.display());
+        }
+    }
+    let f = w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    Ok(())
 }
 
 /// The `inspect` summary as text.
