@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, BinaryArray, RecordBatch};
+use arrow::buffer::Buffer;
 use arrow::datatypes::{Int32Type, UInt32Type};
 use mdm_shards::{jpeg_column, Layout, Manifest, RecordKind, ShardReader, ShardSet};
 
@@ -130,15 +131,16 @@ pub(crate) struct Payload {
     pub label: Option<i32>,
     /// Side of the stored JPEGs.
     pub stored: u32,
-    /// One JPEG (image) or the clip's frames (video).
-    pub jpegs: Vec<Vec<u8>>,
+    /// One JPEG (image) or the clip's frames (video): slices of the row group's buffers, not
+    /// copies (a row group stays in memory while a payload of it is in flight).
+    pub jpegs: Vec<Buffer>,
     /// T5 tokens and embedding bytes.
     pub text: Option<(u32, Vec<u8>)>,
 }
 
 impl Payload {
     pub(crate) fn bytes(&self) -> usize {
-        self.jpegs.iter().map(Vec::len).sum::<usize>() + self.text.as_ref().map_or(0, |t| t.1.len())
+        self.jpegs.iter().map(|j| j.len()).sum::<usize>() + self.text.as_ref().map_or(0, |t| t.1.len())
     }
 }
 
@@ -286,14 +288,14 @@ impl Fetcher {
                 let frames = batch.column_by_name("frames").and_then(|c| c.as_list_opt::<i32>()).ok_or_else(|| bad_column("frames"))?;
                 let list = frames.value(i);
                 let list = list.as_binary_opt::<i32>().ok_or_else(|| bad_column("frames"))?;
-                (layout.max_resolution(), (0..list.len()).map(|k| list.value(k).to_vec()).collect(), None)
+                (layout.max_resolution(), (0..list.len()).map(|k| value_buffer(list, k)).collect(), None)
             }
             RecordKind::Image | RecordKind::TextImage => {
                 let stored = source_resolution(&layout, res, self.needs.min_crop);
                 let name = jpeg_column(stored);
                 let col = batch.column_by_name(&name).and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| bad_column(&name))?;
                 let labels = batch.column_by_name("label").and_then(|c| c.as_primitive_opt::<Int32Type>()).ok_or_else(|| bad_column("label"))?;
-                (stored, vec![col.value(i).to_vec()], (!labels.is_null(i)).then(|| labels.value(i)))
+                (stored, vec![value_buffer(col, i)], (!labels.is_null(i)).then(|| labels.value(i)))
             }
         };
         let text = if self.needs.text && layout.kind.has_text() {
@@ -316,4 +318,11 @@ impl Fetcher {
         };
         Ok(Ok(Payload { id, caption, label, stored, jpegs, text }))
     }
+}
+
+/// Value `i` of `array` as a slice of its values buffer (no copy).
+fn value_buffer(array: &BinaryArray, i: usize) -> Buffer {
+    let offsets = array.value_offsets();
+    let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+    array.values().slice_with_length(start, end - start)
 }
