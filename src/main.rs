@@ -2,7 +2,6 @@
 //! `cmd::*`, which call into the library crates.
 
 mod cmd;
-mod cuda;
 
 use clap::{Parser, Subcommand};
 
@@ -45,7 +44,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Before anything asks libtorch about CUDA. Without it, CUDA is simply unavailable.
-    if let Err(e) = cuda::load_torch_cuda() {
+    if let Err(e) = mdm_trainer::cuda::load_torch_cuda() {
         if std::env::var_os("MDM_DEBUG_CUDA").is_some() {
             eprintln!("libtorch_cuda.so not loaded: {e}");
         }

@@ -10,8 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mode=${1:-cpu}
 steps=${STEPS:-15}
-cargo build --release -q -p mdm-trainer --example train_bench
-bin=target/release/examples/train_bench
+# On a GPU machine without Rust, carry a binary built here (TRAIN_BENCH=path) and run it with
+# that machine's torch lib/ on LD_LIBRARY_PATH; it loads libtorch_cuda.so itself.
+bin=${TRAIN_BENCH:-target/release/examples/train_bench}
+if command -v cargo >/dev/null; then cargo build --release -q -p mdm-trainer --example train_bench; fi
 case "$mode" in
   cpu)
     for threads in 1 2; do

@@ -87,6 +87,8 @@ fn sync(d: Device) {
 }
 
 fn main() {
+    // Before the first CUDA query (see `mdm_trainer::cuda`).
+    let _ = mdm_trainer::cuda::load_torch_cuda();
     let a = parse();
     let cfg = ModelConfig::from_file(&a.model).expect("model config");
     let inner = cfg.top.innermost();

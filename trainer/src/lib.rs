@@ -9,7 +9,8 @@
 //! - [`growth`]: initialising a NestedUNet from a lower-resolution checkpoint;
 //! - [`weights`]: safetensors checkpoints under ml-mdm's key names;
 //! - [`train`]: training runs (config, AdamW/EMA, checkpoints, exact resume, logs);
-//! - [`sample`]: sampling a checkpoint into PNG grids of every level.
+//! - [`sample`]: sampling a checkpoint into PNG grids of every level;
+//! - [`cuda`]: loading libtorch's CUDA backend (call before the first CUDA query).
 //!
 //! ```no_run
 //! use mdm_trainer::{config::ModelConfig, diffusion::NestedDiffusion, model::{Conditioning, MdmUNet, Micros}};
@@ -37,6 +38,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod config;
+pub mod cuda;
 pub mod diffusion;
 pub mod error;
 pub mod growth;
