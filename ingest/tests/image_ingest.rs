@@ -243,6 +243,24 @@ fn cc12m_tar(path: &Path, first: u32, n: u32) {
     std::fs::write(path, b.into_inner().unwrap()).unwrap();
 }
 
+/// img2dataset's parquet sidecar of a tar: one row per url (key, status, error_message, url,
+/// caption), as its writer makes them.
+fn img2dataset_sidecar(path: &Path, rows: &[(String, &str, Option<&str>)]) {
+    use arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let key = StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()));
+    let url = StringArray::from_iter_values(rows.iter().map(|r| format!("http://example.com/{}.jpg", r.0.trim_start_matches('0'))));
+    let caption = StringArray::from_iter_values(rows.iter().map(|r| format!("caption of {}", r.0)));
+    let status = StringArray::from_iter_values(rows.iter().map(|r| r.1));
+    let message = StringArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>());
+    let cols: Vec<(&str, ArrayRef)> =
+        vec![("url", Arc::new(url)), ("caption", Arc::new(caption)), ("key", Arc::new(key)), ("status", Arc::new(status)), ("error_message", Arc::new(message))];
+    let batch = RecordBatch::try_from_iter(cols).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
 #[test]
 fn cc12m_tars_table_parts_merge_and_resume() {
     let tmp = tempfile::tempdir().unwrap();
@@ -251,12 +269,28 @@ fn cc12m_tars_table_parts_merge_and_resume() {
     for t in 0..3u32 {
         cc12m_tar(&tars.join(format!("{t:05}.tar")), t * 100, 5);
     }
-    std::fs::write(tars.join("00000.parquet"), b"img2dataset sidecar, ignored").unwrap();
+    // img2dataset's sidecar of 00000.tar: its 5 good keys, then two urls that never made it
+    let mut rows: Vec<(String, &str, Option<&str>)> = (0..5).map(|i| (format!("{i:09}"), "success", None)).collect();
+    rows.push(("000000050".into(), "failed_to_download", Some("HTTP Error 404: Not Found")));
+    rows.push(("000000051".into(), "failed_to_resize", None));
+    img2dataset_sidecar(&tars.join("00000.parquet"), &rows);
+    std::fs::write(tars.join("00000_stats.json"), b"{}").unwrap();
     let opts = Cc12mOptions { src: format!("{}/{{00000..00002}}.tar", tars.display()), image_root: None, text: None };
     let full = tmp.path().join("full");
     let sum = cc12m::ingest(&opts, &settings(), &run_opts(&full, 2, None)).unwrap();
     assert_eq!(sum.stats.written, 15);
     let rej = &sum.stats.rejected;
+    assert_eq!(rej.get("not-downloaded"), Some(&2));
+    assert_eq!(sum.stats.inputs, sum.stats.written + sum.stats.rejected_total());
+    let nd: Vec<RejectRecord> = rejects(&sum.rejects).into_iter().filter(|r| r.reason == RejectReason::NotDownloaded).collect();
+    let nd: Vec<(&str, &str, &str)> = nd.iter().map(|r| (r.id.as_str(), r.source.as_str(), r.detail.as_str())).collect();
+    assert_eq!(
+        nd,
+        [
+            ("000000050", "http://example.com/50.jpg", "HTTP Error 404: Not Found"),
+            ("000000051", "http://example.com/51.jpg", "failed_to_resize")
+        ]
+    );
     assert_eq!(rej.get("missing-image"), Some(&3));
     assert_eq!(rej.get("bad-caption"), Some(&3));
     assert_eq!(rej.get("corrupt").copied().unwrap_or(0) + rej.get("not-an-image").copied().unwrap_or(0), 3);

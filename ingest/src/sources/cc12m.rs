@@ -1,9 +1,11 @@
 //! CC12M (and any captioned image set) in the two forms users have:
 //!
-//! - img2dataset's webdataset output: `00000.tar`, … holding `KEY.jpg`, `KEY.txt`, `KEY.json`
-//!   (its `.parquet`/`_stats.json` sidecars are ignored). `--src` is a folder of tars, a brace
-//!   pattern (`cc12m/{00000..01242}.tar`) or one tar. A sample is the run of consecutive
-//!   members sharing a key (webdataset grouping); `--part I/N` takes every N-th tar.
+//! - img2dataset's webdataset output: `00000.tar`, … holding `KEY.jpg`, `KEY.txt`, `KEY.json`.
+//!   `--src` is a folder of tars, a brace pattern (`cc12m/{00000..01242}.tar`) or one tar. A
+//!   sample is the run of consecutive members sharing a key (webdataset grouping); `--part I/N`
+//!   takes every N-th tar. The rows of a tar's `00000.parquet` sidecar whose status is not
+//!   `success` (urls that failed to download or resize, so never in the tar) follow its samples
+//!   as `not-downloaded` rejects; the `_stats.json` sidecars are ignored.
 //! - a table of (image path or url, caption): `.tsv`, `.csv` (header optional; columns named
 //!   `url`/`image`/`path`/`filepath` and `caption`/`text`, else the first two) or `.parquet`.
 //!   Relative paths are under `--image-root` (default: the table's folder). Nothing is

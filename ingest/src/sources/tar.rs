@@ -1,7 +1,7 @@
 //! Tar helpers: member-name safety, webdataset brace patterns and sample grouping (images for
-//! img2dataset, videos for video2dataset), and a producer thread that
-//! turns a streaming tar walk into an iterator for the pipeline (bounded, so memory stays
-//! bounded). Members are only ever read into memory: nothing from a tar is written to disk,
+//! img2dataset, videos for video2dataset), the failed downloads listed in their parquet
+//! sidecars, and a producer thread that turns a streaming tar walk into an iterator for the
+//! pipeline (bounded, so memory stays bounded). Members are only ever read into memory: nothing from a tar is written to disk,
 //! and a member whose name is absolute or contains `..` is rejected as `unsafe-path`.
 
 use std::io::Read;
@@ -99,9 +99,81 @@ pub fn webdataset_inputs(tars: Vec<PathBuf>, run: &super::RunOptions, kind: Samp
             if !read_webdataset(t, tx, &kind)? {
                 return Ok(());
             }
+            for input in not_downloaded(t)? {
+                if tx.send(Ok(input)).is_err() {
+                    return Ok(());
+                }
+            }
         }
         Ok(())
     })
+}
+
+/// The inputs that never reached a tar: img2dataset (and video2dataset) write beside each
+/// `00000.tar` a `00000.parquet` with one row per url of that shard (`key`, `status`,
+/// `error_message`, `url`, ...); a row whose status is not `success` has no sample in the tar
+/// and becomes a `not-downloaded` reject (id = key, source = url, detail = the error message),
+/// in the sidecar's row order, so that the summary accounts for every url of the original list.
+/// A tar without a sidecar gives none; a sidecar without a `status` column is an error.
+pub fn not_downloaded(tar: &Path) -> Result<Vec<Input>, Error> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    let path = tar.with_extension("parquet");
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let bad = |row: u64, msg: String| Error::Table { path: path.clone(), row, msg };
+    let whole = |msg: String| Error::Source { path: path.clone(), msg };
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| whole(format!("not a readable img2dataset sidecar: {e}")))?;
+    let names = ["key", "status", "error_message", "url"];
+    let fields = builder.schema().fields().clone();
+    let wanted: Vec<usize> = fields.iter().enumerate().filter(|(_, f)| names.contains(&f.name().as_str())).map(|(i, _)| i).collect();
+    if !fields.iter().any(|f| f.name() == "status") {
+        return Err(whole("no `status` column: not an img2dataset sidecar (move it away from the tars)".into()));
+    }
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), wanted);
+    let reader = builder.with_projection(mask).build().map_err(|e| whole(e.to_string()))?;
+    let tar_name = tar.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let side_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut row = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(row + 1, e.to_string()))?;
+        let col = |name: &str| -> Result<Vec<Option<String>>, Error> {
+            let Some(a) = batch.column_by_name(name) else { return Ok(vec![None; batch.num_rows()]) };
+            Ok(match a.data_type() {
+                DataType::Utf8 => a.as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect(),
+                DataType::LargeUtf8 => a.as_string::<i64>().iter().map(|v| v.map(str::to_string)).collect(),
+                DataType::Null => vec![None; batch.num_rows()],
+                t => return Err(bad(row + 1, format!("column {name} has type {t}, expected a string"))),
+            })
+        };
+        let (keys, statuses, messages, urls) = (col("key")?, col("status")?, col("error_message")?, col("url")?);
+        for (((key, status), message), url) in keys.into_iter().zip(statuses).zip(messages).zip(urls) {
+            row += 1;
+            let status = status.unwrap_or_default();
+            if status == "success" {
+                continue;
+            }
+            let detail = match message.filter(|m| !m.trim().is_empty()) {
+                Some(m) => m,
+                None if status.is_empty() => "no status".to_string(),
+                None => status,
+            };
+            let reject = Reject::new(RejectReason::NotDownloaded, detail);
+            out.push(Input {
+                id: key.filter(|k| !k.is_empty()).unwrap_or_else(|| format!("{tar_name}:row {row}")),
+                source: url.filter(|u| !u.is_empty()).unwrap_or_else(|| format!("{side_name}:row {row}")),
+                label: None,
+                caption: None,
+                payload: Payload::Rejected(reject),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Members of one sample, in tar order.
