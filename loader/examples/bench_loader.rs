@@ -5,7 +5,9 @@
 //! bench_loader loader SHARDS WORKERS BATCH STEPS [--no-verify]
 //! bench_loader bound SHARDS            # plain libjpeg-turbo decode of the same bytes, 1 thread
 //! ```
-//! Each timed mode prints one line: `NAME N img/s (...)`.
+//! Each timed mode prints one line: `NAME N img/s (...)`, with the CPU time its threads used over
+//! the timed span and images per CPU-second, which other processes on the same core (this is a
+//! shared machine) disturb much less than wall time.
 
 use std::path::Path;
 use std::time::Instant;
@@ -58,16 +60,17 @@ fn loader(shards: &str, workers: usize, batch: u64, steps: usize, verify: bool) 
     let mut loader = b.build()?;
     // The first batch pays for opening files and filling the pipeline.
     loader.next().ok_or("no batch")??;
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     let mut n = 0;
     for batch in loader.by_ref().take(steps) {
         n += batch?.len();
     }
-    let dt = t.elapsed().as_secs_f64();
+    let (dt, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let s = loader.stats();
     println!(
-        "mdm-loader {:.1} img/s ({n} images, {workers} workers, verify {verify}, {dt:.2} s; consumer waited {:.2} s, reader io {:.2} s, decode busy {:.2} s)",
+        "mdm-loader {:.1} img/s ({n} images, {workers} workers, verify {verify}, {dt:.2} s, cpu {cpu:.2} s = {:.1} img/cpu-s; consumer waited {:.2} s, reader io {:.2} s, decode busy {:.2} s)",
         n as f64 / dt,
+        n as f64 / cpu,
         s.consumer_wait.as_secs_f64(),
         s.reader_io.as_secs_f64(),
         s.decode_busy.as_secs_f64()
@@ -85,14 +88,26 @@ fn bound(shards: &str) -> Result<()> {
     }
     let mut d = turbojpeg::Decompressor::new()?;
     let mut buf = Vec::new();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     for j in &jpegs {
         let h = d.read_header(j)?;
         buf.resize(3 * h.width * h.height, 0);
         let img = turbojpeg::Image { pixels: &mut buf[..], width: h.width, pitch: 3 * h.width, height: h.height, format: turbojpeg::PixelFormat::RGB };
         d.decompress(j, img)?;
     }
-    let dt = t.elapsed().as_secs_f64();
-    println!("libjpeg-turbo {:.1} img/s ({} images, {dt:.2} s, bytes in memory, 1 thread)", jpegs.len() as f64 / dt, jpegs.len());
+    let (dt, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    let n = jpegs.len() as f64;
+    println!("libjpeg-turbo {:.1} img/s ({n} images, {dt:.2} s, cpu {cpu:.2} s = {:.1} img/cpu-s, bytes in memory, 1 thread)", n / dt, n / cpu);
     Ok(())
+}
+
+/// CPU time used so far by this process's live threads (Linux `schedstat`, nanoseconds).
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return f64::NAN };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 * 1e-9
 }
