@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Images/s of mdm-loader against pyarrow+PIL workers and plain libjpeg-turbo decode, on the
-# same 256² JPEG shards, at 1 worker on 1 core and 2 workers on 2 cores. See bench/RESULTS.md.
+# same 256² JPEG shards, at 1 worker on 1 core and 2 workers on 2 cores (the decode bound at 1
+# and 2 threads). See bench/RESULTS.md.
 # usage: bench/loader/run.sh [N=4096] [RUNS=3]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,9 +16,9 @@ cat "$WORK"/shards/*.parquet > /dev/null   # warm the page cache for everyone
 STEPS=$(( N / BATCH - 2 ))   # one epoch, after the warm-up batch
 for run in $(seq "$RUNS"); do
   echo "# run $run"
-  taskset -c 0 $BIN bound "$WORK/shards"
   for cores in "0:1" "0,1:2"; do
     cpus=${cores%%:*}; w=${cores##*:}
+    taskset -c "$cpus" $BIN bound "$WORK/shards" "$w"
     taskset -c "$cpus" $BIN loader "$WORK/shards" "$w" "$BATCH" "$STEPS"
     taskset -c "$cpus" $BIN loader "$WORK/shards" "$w" "$BATCH" "$STEPS" --no-verify
     taskset -c "$cpus" $PY bench/loader/baseline.py "$WORK/shards" "$w" "$BATCH"

@@ -3,7 +3,7 @@
 //! ```text
 //! bench_loader make JPEG_DIR OUT       # 256² JPEG files -> image shard set (jpeg_256 only)
 //! bench_loader loader SHARDS WORKERS BATCH STEPS [--no-verify]
-//! bench_loader bound SHARDS            # plain libjpeg-turbo decode of the same bytes, 1 thread
+//! bench_loader bound SHARDS [THREADS=1]  # plain libjpeg-turbo decode of the same bytes
 //! ```
 //! Each timed mode prints one line: `NAME N img/s (...)`, with the CPU time its threads used over
 //! the timed span and images per CPU-second, which other processes on the same core (this is a
@@ -23,7 +23,7 @@ fn main() -> Result<()> {
     match arg(0)? {
         "make" => make(Path::new(arg(1)?), Path::new(arg(2)?)),
         "loader" => loader(arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?, arg(4)?.parse()?, !args.iter().any(|a| a == "--no-verify")),
-        "bound" => bound(arg(1)?),
+        "bound" => bound(arg(1)?, args.get(2).map_or(Ok(1), |t| t.parse())?),
         other => Err(format!("unknown mode {other:?}").into()),
     }
 }
@@ -78,7 +78,8 @@ fn loader(shards: &str, workers: usize, batch: u64, steps: usize, verify: bool) 
     Ok(())
 }
 
-fn bound(shards: &str) -> Result<()> {
+/// `threads` threads each decode their share of the images (the bound at that many cores).
+fn bound(shards: &str, threads: usize) -> Result<()> {
     let set = ShardSet::open(shards)?;
     let mut jpegs = Vec::new();
     for r in set.records() {
@@ -86,19 +87,34 @@ fn bound(shards: &str) -> Result<()> {
             jpegs.extend(img.jpegs);
         }
     }
-    let mut d = turbojpeg::Decompressor::new()?;
+    let share = jpegs.len().div_ceil(threads.max(1));
+    let t = Instant::now();
+    let cpu = std::thread::scope(|s| {
+        let handles: Vec<_> = jpegs.chunks(share).map(|part| s.spawn(move || decode_all(part))).collect();
+        handles.into_iter().map(|h| h.join().expect("decode thread")).sum::<std::result::Result<f64, String>>()
+    })?;
+    let dt = t.elapsed().as_secs_f64();
+    let n = jpegs.len() as f64;
+    println!("libjpeg-turbo {:.1} img/s ({n} images, {dt:.2} s, cpu {cpu:.2} s = {:.1} img/cpu-s, bytes in memory, {threads} threads)", n / dt, n / cpu);
+    Ok(())
+}
+
+/// Decodes `jpegs` to RGB; returns this thread's CPU seconds.
+fn decode_all(jpegs: &[Vec<u8>]) -> std::result::Result<f64, String> {
+    let cpu = thread_cpu_seconds();
+    let mut d = turbojpeg::Decompressor::new().map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    let (t, cpu) = (Instant::now(), cpu_seconds());
-    for j in &jpegs {
-        let h = d.read_header(j)?;
+    for j in jpegs {
+        let h = d.read_header(j).map_err(|e| e.to_string())?;
         buf.resize(3 * h.width * h.height, 0);
         let img = turbojpeg::Image { pixels: &mut buf[..], width: h.width, pitch: 3 * h.width, height: h.height, format: turbojpeg::PixelFormat::RGB };
-        d.decompress(j, img)?;
+        d.decompress(j, img).map_err(|e| e.to_string())?;
     }
-    let (dt, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
-    let n = jpegs.len() as f64;
-    println!("libjpeg-turbo {:.1} img/s ({n} images, {dt:.2} s, cpu {cpu:.2} s = {:.1} img/cpu-s, bytes in memory, 1 thread)", n / dt, n / cpu);
-    Ok(())
+    Ok(thread_cpu_seconds() - cpu)
+}
+
+fn thread_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat").ok().and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok()).map_or(f64::NAN, |ns| ns as f64 * 1e-9)
 }
 
 /// CPU time used so far by this process's live threads (Linux `schedstat`, nanoseconds).

@@ -81,7 +81,9 @@ fn to_chw_bytes(rgb: &[u8], side: usize, flip: bool, out: &mut [MaybeUninit<u8>]
         // Zipped iterators: no bounds checks in the inner loop.
         let dst = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
         let put = |((r, g), b): ((&mut MaybeUninit<u8>, &mut MaybeUninit<u8>), &mut MaybeUninit<u8>), px: &[u8]| {
-            (r.write(px[0]), g.write(px[1]), b.write(px[2]));
+            r.write(px[0]);
+            g.write(px[1]);
+            b.write(px[2]);
         };
         if flip {
             dst.rev().zip(src.chunks_exact(3)).for_each(|(d, px)| put(d, px));
@@ -98,7 +100,8 @@ fn shuffle_masks(flip: bool) -> [[[u8; 16]; 3]; 3] {
     for (c, channel) in m.iter_mut().enumerate() {
         for j in 0..16 {
             let src = 3 * if flip { 15 - j } else { j } + c;
-            channel[src / 16][j] = (src % 16) as u8;
+            let register = &mut channel[src / 16];
+            register[j] = (src % 16) as u8;
         }
     }
     m
