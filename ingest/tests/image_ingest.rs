@@ -210,6 +210,35 @@ fn imagenet_val_flat_and_sorted() {
         .collect();
     // ids 3,1,2,1 -> n01440764 (0), n02102040 (2), n01443537 (1), n02102040 (2)
     assert_eq!(labels, vec![Some(0), Some(2), Some(1), Some(2)]);
+
+    // the devkit's meta.mat gives the same order: beside the ground truth (found), or as
+    // --synset-order. Fixtures made by scipy 1.17.1 (`tests/data/make_meta.py`): the devkit's
+    // `synsets` fields, ids 1..3 the classes above, 4 a parent synset; compressed (as MATLAB's
+    // default -v7 writes) and plain.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    std::fs::copy(data.join("meta_compressed.mat"), tmp.path().join("meta.mat")).unwrap();
+    let out4 = tmp.path().join("val4");
+    imagenet::ingest(&o2, &settings(), &run_opts(&out4, 1, None)).unwrap();
+    let o5 = ImagenetOptions { synset_order: Some(data.join("meta_plain.mat")), ..o2.clone() };
+    let out5 = tmp.path().join("val5");
+    imagenet::ingest(&o5, &settings(), &run_opts(&out5, 1, None)).unwrap();
+    for out in [&out4, &out5] {
+        let got: Vec<Option<i32>> = records(out, "manifest.json")
+            .iter()
+            .map(|r| match &r.body {
+                Body::Image(i) => i.label,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, labels, "{}", out.display());
+    }
+    let order = mdm_ingest::sources::mat5::synset_order(&std::fs::read(data.join("meta_compressed.mat")).unwrap()).unwrap();
+    assert_eq!(order, ["n02102040", "n01443537", "n01440764", "n01439121"]);
+    let vars = mdm_ingest::sources::mat5::read(&std::fs::read(data.join("meta_plain.mat")).unwrap()).unwrap();
+    let synsets = &vars[0].1;
+    assert_eq!(synsets.field(3, "gloss"), Some(&mdm_ingest::sources::mat5::Value::Char("a soft-finned fish — ü".into())));
+    assert_eq!(synsets.field(3, "children"), Some(&mdm_ingest::sources::mat5::Value::Numeric(vec![2.0, 3.0])));
+    assert!(mdm_ingest::sources::mat5::read(b"MATLAB 7.3 MAT-file, HDF5").is_err());
 }
 
 /// An img2dataset-shaped tar: KEY.jpg/KEY.txt/KEY.json, with a sample without image, a bad

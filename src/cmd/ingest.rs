@@ -113,7 +113,7 @@ pub struct ImagenetArgs {
     /// Validation labels (LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt); found next to the data by default.
     #[arg(long)]
     val_labels: Option<PathBuf>,
-    /// wnids in ILSVRC2012_ID order (from the devkit's meta.mat), for a ground-truth file of integers.
+    /// Class order of a ground-truth file of integer ILSVRC2012_IDs: the devkit's meta.mat (found beside the ground truth by default) or a text file of wnids in ILSVRC2012_ID order.
     #[arg(long)]
     synset_order: Option<PathBuf>,
     #[command(flatten)]

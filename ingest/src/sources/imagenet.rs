@@ -6,9 +6,9 @@
 //!
 //! Class index = position of the wnid in sorted order (the standard 0..999), recorded in the
 //! manifest with the names. The devkit's ground-truth file numbers classes by ILSVRC2012_ID,
-//! a different order: its lines are mapped through `synset_order` (one wnid per line, in
-//! ILSVRC2012_ID order, as exported from the devkit's `meta.mat`); a ground-truth file of one
-//! wnid per line needs no mapping. Inputs are sorted by (wnid, file name) — train — or file
+//! a different order: its lines are mapped through the devkit's `meta.mat` (found beside the
+//! ground-truth file, or given as `synset_order`, which may also be a text file of one wnid per
+//! line in ILSVRC2012_ID order); a ground-truth file of one wnid per line needs no mapping. Inputs are sorted by (wnid, file name) — train — or file
 //! name — flat val — and `--part I/N` takes every N-th image (class tar for the tar form).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -57,6 +57,7 @@ pub struct ImagenetOptions {
 const SYNSET_MAPPING: &str = "LOC_synset_mapping.txt";
 const VAL_CSV: &str = "LOC_val_solution.csv";
 const VAL_GT: &str = "ILSVRC2012_validation_ground_truth.txt";
+const META_MAT: &str = "meta.mat";
 const NOT_IMAGES: [&str; 7] = ["txt", "csv", "json", "md", "tar", "mat", "xml"];
 
 fn is_wnid(s: &str) -> bool {
@@ -120,15 +121,31 @@ fn is_candidate_file(p: &Path) -> bool {
     p.is_file() && !p.extension().is_some_and(|e| NOT_IMAGES.contains(&e.to_string_lossy().to_lowercase().as_str()))
 }
 
+/// The devkit's class order: wnids by ILSVRC2012_ID, from its `meta.mat` (MATLAB 5 MAT-file) or
+/// from a text file of one wnid per line.
+fn read_synset_order(path: &Path) -> Result<Vec<String>, Error> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    let order = if bytes.starts_with(b"MATLAB") {
+        super::mat5::synset_order(&bytes).map_err(|msg| Error::Source { path: path.into(), msg })?
+    } else {
+        String::from_utf8_lossy(&bytes).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+    };
+    if let Some((i, w)) = order.iter().enumerate().find(|(_, w)| !is_wnid(w)) {
+        return Err(Error::Labels { path: path.into(), line: i + 1, msg: format!("{w:?} is not a wnid") });
+    }
+    Ok(order)
+}
+
 /// Validation labels: image stem → wnid.
 fn read_val_labels(path: &Path, synset_order: Option<&Path>) -> Result<HashMap<String, String>, Error> {
     let text = fs::read_to_string(path).map_err(io(path))?;
     let mut out = HashMap::new();
     let is_csv = path.extension().is_some_and(|e| e == "csv");
-    let order: Option<Vec<String>> = match synset_order {
-        Some(p) => Some(fs::read_to_string(p).map_err(io(p))?.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()),
-        None => None,
-    };
+    // The class order of integer ids: `--synset-order`, else the devkit's meta.mat beside the
+    // ground-truth file (both sit in ILSVRC2012_devkit_t12/data/); read at the first integer.
+    let beside = path.with_file_name(META_MAT);
+    let order_file = synset_order.map(Path::to_path_buf).or_else(|| (!is_csv && beside.is_file()).then_some(beside));
+    let mut order: Option<Vec<String>> = None;
     let mut n = 0usize;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -153,9 +170,16 @@ fn read_val_labels(path: &Path, synset_order: Option<&Path>) -> Result<HashMap<S
                 line.to_string()
             } else {
                 let id: usize = line.parse().map_err(|_| bad(format!("{line:?} is neither a wnid nor a class id")))?;
-                let order = order.as_ref().ok_or_else(|| {
-                    bad("integer ILSVRC2012_IDs follow the devkit's meta.mat order, not sorted wnids: give --synset-order (wnids in ILSVRC2012_ID order)".into())
-                })?;
+                if order.is_none() {
+                    let file = order_file.as_deref().ok_or_else(|| {
+                        bad(format!(
+                            "integer ILSVRC2012_IDs follow the devkit's meta.mat order, not sorted wnids: put {META_MAT} beside \
+                             this file or give --synset-order (meta.mat, or wnids in ILSVRC2012_ID order)"
+                        ))
+                    })?;
+                    order = Some(read_synset_order(file)?);
+                }
+                let order = order.as_ref().expect("read above");
                 order.get(id.wrapping_sub(1)).cloned().ok_or_else(|| bad(format!("class id {id} outside 1..={}", order.len())))?
             };
             out.insert(stem, wnid);

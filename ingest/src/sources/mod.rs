@@ -4,10 +4,12 @@
 //! - [`imagenet`]: ILSVRC2012 train/val folders, label files, the train tar of class tars;
 //! - [`cc12m`]: img2dataset webdataset tars and (path or url, caption) tables;
 //! - [`webvid`]: WebVid-10M's CSV with a folder of downloaded videos, and video2dataset tars;
-//! - [`tar`]: safe member names, brace patterns, webdataset samples, streaming producers.
+//! - [`tar`]: safe member names, brace patterns, webdataset samples, streaming producers;
+//! - [`mat5`]: the ILSVRC2012 devkit's `meta.mat` (MATLAB 5 MAT-file) class order.
 
 pub mod cc12m;
 pub mod imagenet;
+pub mod mat5;
 pub mod tar;
 pub mod webvid;
 
