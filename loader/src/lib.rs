@@ -12,8 +12,10 @@
 //!   embeddings padded to the batch's longest with a mask, labels, captions, ids. Each sample's
 //!   resolution is drawn from a mixed ratio, or one per step with buckets sized by a pixel budget.
 //!   A 64² sample reads `jpeg_64` when stored, else decodes a larger JPEG with DCT scaling.
-//! - **Pipeline**: a reader thread, crossbeam decode workers (libjpeg-turbo), and an ordered
-//!   assembler; at most `prefetch` steps are in flight, which bounds memory.
+//! - **Pipeline**: a reader thread, crossbeam decode workers (libjpeg-turbo, writing straight
+//!   into the batch tensors), and an ordered assembler; at most `prefetch` steps are in flight,
+//!   which bounds memory. [`Loader::stats`] reports throughput, time waiting per stage, samples
+//!   per resolution and shuffle quality for the trainer's logs.
 //! - **Object store**: `s3://bucket/prefix` sources are read by ranged GETs of just the needed
 //!   column chunks, through a size-capped disk cache, with retries on timeouts and 5xx.
 //!

@@ -102,7 +102,7 @@ impl Target {
 }
 
 impl StepPixels {
-    /// Zeroed tensors for `plan` (`frames` per sample), and the target of each slot.
+    /// Uninitialised tensors for `plan` (`frames` per sample), and the target of each slot.
     fn new(plan: &StepPlan, frames: usize) -> (Arc<StepPixels>, Vec<Target>) {
         let sample_bytes = |res: u32| 3 * (res as usize).pow(2) * frames;
         let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
