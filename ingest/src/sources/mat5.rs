@@ -227,10 +227,13 @@ pub fn synset_order(bytes: &[u8]) -> Result<Vec<String>, String> {
         pairs.push((id as u64, wnid));
     }
     pairs.sort();
-    for (k, (id, _)) in pairs.iter().enumerate() {
-        if *id != k as u64 + 1 {
-            return Err(format!("ILSVRC2012_IDs are not 1..={} (found {id} at position {})", pairs.len(), k + 1));
-        }
+    if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(format!("ILSVRC2012_ID {} appears twice ({} and {})", w[0].0, w[0].1, w[1].1));
     }
-    Ok(pairs.into_iter().map(|(_, w)| w).collect())
+    // ids 1..=1000 are the classes (1001..=1860 their ancestors); the run of ids from 1 is the order
+    let order: Vec<String> = pairs.into_iter().enumerate().take_while(|(k, (id, _))| *id == *k as u64 + 1).map(|(_, (_, w))| w).collect();
+    if order.is_empty() {
+        return Err("no synset has ILSVRC2012_ID 1".into());
+    }
+    Ok(order)
 }
