@@ -6,19 +6,11 @@
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn mdm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mdm")).args(args).output().expect("run mdm")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = mdm(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "mdm {args:?} failed:\n{text}");
-    text
-}
+mod common;
+use common::{mdm, ok};
 
 fn jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + seed) as u8, (y * 5) as u8, ((x ^ y) + seed * 3) as u8]));
