@@ -36,6 +36,24 @@ fn tree(root: &Path, n: u32, side: u32) {
     put(&root.join("train/n01443537/n01443537_trunc.JPEG"), &j[..j.len() / 3]);
 }
 
+/// Runs `mdm ARGS` writing to `killed`, SIGKILLs it as soon as its first chunk is complete (or
+/// after 60 s), reruns it, and asserts the result equals the uninterrupted run in `reference`.
+fn kill_9_then_rerun(killed: &Path, reference: &Path, args: &[String]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mdm")).args(args).spawn().expect("spawn");
+    let start = Instant::now();
+    while !killed.join("shard-00000.chunk.json").exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let was_complete = killed.join("manifest.json").exists();
+    let text = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    if !was_complete {
+        assert!(text.contains("kept from an earlier run"), "{text}");
+    }
+    assert!(snapshot(killed) == snapshot(reference), "resumed output differs from the uninterrupted run");
+}
+
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .expect("read_dir")
@@ -117,20 +135,7 @@ fn kill_9_then_rerun_is_byte_identical() {
 
     let killed = tmp.path().join("killed");
     let k = args(killed.to_str().expect("utf8"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mdm")).args(&k).spawn().expect("spawn");
-    let start = Instant::now();
-    // kill as soon as the first chunk is complete (or give up waiting after 60 s)
-    while !killed.join("shard-00000.chunk.json").exists() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
-    let was_complete = killed.join("manifest.json").exists();
-    let text = ok(&k.iter().map(String::as_str).collect::<Vec<_>>());
-    if !was_complete {
-        assert!(text.contains("kept from an earlier run"), "{text}");
-    }
-    assert!(snapshot(&killed) == snapshot(&reference), "resumed output differs from the uninterrupted run");
+    kill_9_then_rerun(&killed, &reference, &k);
 }
 
 /// `mdm make-tiny-t5` → `mdm ingest cc12m --t5` embeds inline; `mdm embed` on a plain ingest of
@@ -229,19 +234,7 @@ fn webvid_csv_config_verify_and_kill_9() {
 
     let killed = tmp.path().join("killed");
     let k = args(&killed);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mdm")).args(&k).spawn().expect("spawn");
-    let start = Instant::now();
-    while !killed.join("shard-00000.chunk.json").exists() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
-    let was_complete = killed.join("manifest.json").exists();
-    let text = ok(&k.iter().map(String::as_str).collect::<Vec<_>>());
-    if !was_complete {
-        assert!(text.contains("kept from an earlier run"), "{text}");
-    }
-    assert!(snapshot(&killed) == snapshot(&reference), "resumed output differs from the uninterrupted run");
+    kill_9_then_rerun(&killed, &reference, &k);
 
     // --t5 inline with two clips per video: a caption over the token limit rejects its video
     // (both clips, one reject line under the video id)
