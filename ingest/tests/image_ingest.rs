@@ -3,6 +3,8 @@
 //! across thread counts, parts + merge, and resume after an interrupted run.
 
 mod image_common;
+mod resume_common;
+use resume_common::{simulate_crash, snapshot};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,18 +37,6 @@ fn rejects(path: &Path) -> Vec<RejectRecord> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("reject line"))
         .collect()
-}
-
-/// All regular files of a folder with their bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir).expect("read_dir") {
-        let p = e.expect("entry").path();
-        if p.is_file() {
-            out.insert(p.file_name().expect("name").to_string_lossy().into_owned(), std::fs::read(&p).expect("read"));
-        }
-    }
-    out
 }
 
 fn mean_rgb(j: &[u8], x0: u32, x1: u32) -> [f64; 3] {
@@ -358,17 +348,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
 
     // interrupted run: later sidecars gone, one shard renamed without its sidecar, one half-written
     let crashed = tmp.path().join("crashed");
-    std::fs::create_dir_all(&crashed).unwrap();
-    let reference = snapshot(&full);
-    for (name, bytes) in &reference {
-        let chunk: Option<u32> = name.strip_prefix("shard-").and_then(|r| r.get(..5)).and_then(|n| n.parse().ok());
-        match (chunk, name.ends_with(".chunk.json"), name.ends_with(".parquet")) {
-            (Some(c), true, _) if c >= 1 => {}
-            (Some(c), _, true) if c >= 2 => std::fs::write(crashed.join(format!("{name}.tmp")), &bytes[..bytes.len() / 3]).unwrap(),
-            (None, _, _) => {} // manifest and rejects are written last
-            _ => std::fs::write(crashed.join(name), bytes).unwrap(),
-        }
-    }
+    let reference = simulate_crash(&full, &crashed);
     let resumed = cc12m::ingest(&opts, &settings(), &run_opts(&crashed, 2, None)).unwrap();
     assert_eq!(resumed.resumed_chunks, 1);
     let after: BTreeMap<String, Vec<u8>> = snapshot(&crashed).into_iter().filter(|(n, _)| !n.ends_with(".tmp")).collect();

@@ -4,6 +4,8 @@
 //! the sampling rule, sizes and pixels, rejects, the WebVid CSV and video2dataset tars,
 //! thread independence, parts + merge, and resume after an interrupted run.
 
+mod resume_common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +16,7 @@ use mdm_ingest::sources::webvid::{self, WebvidOptions, WebvidSource};
 use mdm_ingest::sources::RunOptions;
 use mdm_ingest::video::{plan_clips, Clip, VideoProcessor};
 use mdm_shards::{Body, Manifest, Record, ShardSet, VideoBody};
+use resume_common::{simulate_crash, snapshot};
 
 /// 6 frames at 4 fps: a clip spans 1.5 s. Small frames keep the suite fast.
 fn settings() -> VideoSettings {
@@ -77,17 +80,6 @@ fn records(dir: &Path, manifest: &str) -> Vec<Record> {
 
 fn rejects(path: &Path) -> Vec<RejectRecord> {
     std::fs::read_to_string(path).expect("rejects file").lines().map(|l| serde_json::from_str(l).expect("reject line")).collect()
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir).expect("read_dir") {
-        let p = e.expect("entry").path();
-        if p.is_file() {
-            out.insert(p.file_name().expect("name").to_string_lossy().into_owned(), std::fs::read(&p).expect("read"));
-        }
-    }
-    out
 }
 
 fn video(r: &Record) -> &VideoBody {
@@ -325,17 +317,7 @@ fn webvid_csv_threads_parts_merge_and_resume() {
 
     // interrupted run: chunk 0 finished, chunk 1's shard renamed without its sidecar, chunk 2 half-written
     let crashed = tmp.path().join("crashed");
-    std::fs::create_dir_all(&crashed).unwrap();
-    let reference = snapshot(&full);
-    for (name, bytes) in &reference {
-        let chunk: Option<u32> = name.strip_prefix("shard-").and_then(|r| r.get(..5)).and_then(|n| n.parse().ok());
-        match (chunk, name.ends_with(".chunk.json"), name.ends_with(".parquet")) {
-            (Some(c), true, _) if c >= 1 => {}
-            (Some(c), _, true) if c >= 2 => std::fs::write(crashed.join(format!("{name}.tmp")), &bytes[..bytes.len() / 3]).unwrap(),
-            (None, _, _) => {}
-            _ => std::fs::write(crashed.join(name), bytes).unwrap(),
-        }
-    }
+    let reference = simulate_crash(&full, &crashed);
     let resumed = webvid::ingest(&opts, &settings(), &run_opts(&crashed, 2, None)).unwrap();
     assert_eq!(resumed.resumed_chunks, 1);
     let after: BTreeMap<String, Vec<u8>> = snapshot(&crashed).into_iter().filter(|(n, _)| !n.ends_with(".tmp")).collect();
