@@ -26,19 +26,10 @@ impl Sampler {
     /// (`ema = true`, when it has them) or raw weights.
     pub fn load(path: &Path, ema: bool, device: Device) -> Result<Self> {
         let dir = checkpoint::resolve(path)?;
-        let cfg_path = dir.join("config.toml");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io { path: cfg_path.clone(), source })?;
-        let cfg: TrainConfig =
-            toml::from_str(&text).map_err(|e| Error::ConfigParse { path: cfg_path.clone(), msg: e.to_string() })?;
-        let run = cfg.resolve(&dir).map_err(|e| e.with_path(&cfg_path))?;
+        let run = TrainConfig::load(&dir.join("config.toml"))?;
         let vs = VarStore::new(device);
         let model = MdmUNet::new(&vs.root(), &run.model)?;
-        let weights = if ema && dir.join("ema.safetensors").exists() {
-            dir.join("ema.safetensors")
-        } else {
-            dir.join("model.safetensors")
-        };
-        crate::weights::load_strict(&vs, &weights)?;
+        crate::weights::load_strict(&vs, &checkpoint::weights_file(&dir, ema))?;
         let diffusion = NestedDiffusion::for_model(&model, &run.model.diffusion(), device)?;
         Ok(Sampler { model, diffusion, run, checkpoint: dir, device, _vs: vs })
     }

@@ -44,6 +44,11 @@ pub fn save(vs: &VarStore, path: &Path) -> Result<()> {
 /// may hold nothing else. Values are converted to each variable's kind.
 pub fn load_strict(vs: &VarStore, path: &Path) -> Result<()> {
     let file: BTreeMap<String, Tensor> = read_safetensors(path)?.into_iter().collect();
+    load_strict_from(vs, &file, path)
+}
+
+/// [`load_strict`] of tensors already read from `path` (named in errors).
+pub fn load_strict_from(vs: &VarStore, file: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
     let vars = vs.variables();
     let mut missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
     missing.sort();

@@ -75,6 +75,17 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     })
 }
 
+/// The weights of a checkpoint folder to load: its EMA when `ema` and it has one, else the raw
+/// weights.
+pub fn weights_file(dir: &Path, ema: bool) -> PathBuf {
+    let e = dir.join("ema.safetensors");
+    if ema && e.exists() {
+        e
+    } else {
+        dir.join("model.safetensors")
+    }
+}
+
 /// Model (or EMA) weights as ml-mdm names → tensors: trainable variables from `flat`, the
 /// frozen ones from the VarStore.
 fn weights_from(vs: &VarStore, opt: &FlatOptimizer, flat: &Tensor) -> Vec<(String, Tensor)> {
@@ -188,8 +199,10 @@ pub fn new_state(step: u64, seed: u64, samples: u64, loader: LoaderState, has_em
 
 /// Restores weights, EMA and moments of a checkpoint into `vs` and `opt`.
 pub fn restore(dir: &Path, vs: &VarStore, opt: &mut FlatOptimizer, state: &CheckpointState) -> Result<()> {
-    crate::weights::load_strict(vs, &dir.join("model.safetensors"))?;
-    let model: BTreeMap<String, Tensor> = read_safetensors(&dir.join("model.safetensors"))?.into_iter().collect();
+    let p = dir.join("model.safetensors");
+    let model: BTreeMap<String, Tensor> = read_safetensors(&p)?.into_iter().collect();
+    // Frozen variables come from here; trainable ones from the fp32 master below.
+    crate::weights::load_strict_from(vs, &model, &p)?;
     opt.load_named(&opt.master, &model, "model.safetensors")?;
     opt.sync_working();
     if let Some(e) = &opt.ema {

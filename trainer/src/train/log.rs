@@ -26,7 +26,7 @@ pub struct StepLog {
 pub struct Logger {
     losses: File,
     losses_path: PathBuf,
-    tb: Option<EventWriter<File>>,
+    tb: EventWriter<File>,
     tb_dir: PathBuf,
     quiet: bool,
 }
@@ -47,7 +47,7 @@ impl Logger {
             .map_err(|source| Error::Io { path: losses_path.clone(), source })?;
         let tb_dir = run.join("tb");
         let tb = EventWriter::create(&tb_dir).map_err(|e| tb_err(&tb_dir, e))?;
-        Ok(Logger { losses, losses_path, tb: Some(tb), tb_dir, quiet })
+        Ok(Logger { losses, losses_path, tb, tb_dir, quiet })
     }
 
     /// Drops `losses.jsonl` lines past `step` (a resume from an earlier checkpoint).
@@ -96,29 +96,25 @@ impl Logger {
             );
         }
         let step = s.step as i64;
-        let dir = self.tb_dir.clone();
-        if let Some(tb) = &mut self.tb {
-            let mut put = |tag: &str, v: f64| tb.write_scalar(step, tag, v as f32).map_err(|e| tb_err(&dir, e));
-            put("loss/total", s.loss)?;
-            for (i, l) in s.level_losses.iter().enumerate() {
-                put(&format!("loss/level{i}"), *l)?;
-            }
-            put("optim/lr", s.lr)?;
-            put("optim/grad_norm", s.grad_norm)?;
-            put("speed/img_per_s", img_per_s)?;
-            put("speed/loader_wait_frac", wait_frac)?;
-            tb.flush().map_err(|e| tb_err(&dir, e))?;
+        let (tb, dir) = (&mut self.tb, &self.tb_dir);
+        let mut put = |tag: &str, v: f64| tb.write_scalar(step, tag, v as f32).map_err(|e| tb_err(dir, e));
+        put("loss/total", s.loss)?;
+        for (i, l) in s.level_losses.iter().enumerate() {
+            put(&format!("loss/level{i}"), *l)?;
         }
+        put("optim/lr", s.lr)?;
+        put("optim/grad_norm", s.grad_norm)?;
+        put("speed/img_per_s", img_per_s)?;
+        put("speed/loader_wait_frac", wait_frac)?;
+        self.tb.flush().map_err(|e| tb_err(&self.tb_dir, e))?;
         self.losses.flush().map_err(|source| Error::Io { path: self.losses_path.clone(), source })
     }
 
     /// A PNG image (e.g. a sample grid) in TensorBoard.
     pub fn image(&mut self, step: u64, tag: &str, width: u32, height: u32, png: Vec<u8>) -> Result<()> {
-        let dir = self.tb_dir.clone();
-        if let Some(tb) = &mut self.tb {
-            tb.write_image(step as i64, tag, width as i32, height as i32, 3, png).map_err(|e| tb_err(&dir, e))?;
-            tb.flush().map_err(|e| tb_err(&dir, e))?;
-        }
-        Ok(())
+        self.tb
+            .write_image(step as i64, tag, width as i32, height as i32, 3, png)
+            .and_then(|_| self.tb.flush())
+            .map_err(|e| tb_err(&self.tb_dir, e))
     }
 }

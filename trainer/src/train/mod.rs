@@ -370,9 +370,7 @@ pub fn build_loader(run: &Resolved, state: Option<mdm_loader::LoaderState>) -> R
 /// A resume must continue the same run: only run length, logging and device may change.
 fn check_same_run(dir: &std::path::Path, run: &Resolved) -> Result<()> {
     let p = dir.join("config.toml");
-    let text = std::fs::read_to_string(&p).map_err(|source| Error::Io { path: p.clone(), source })?;
-    let saved: config::TrainConfig =
-        toml::from_str(&text).map_err(|e| Error::ConfigParse { path: p.clone(), msg: e.to_string() })?;
+    let saved = config::TrainConfig::load(&p)?.config;
     let norm = |c: &config::TrainConfig| {
         let mut c = c.clone();
         c.run.steps = 0;
@@ -396,11 +394,7 @@ fn check_same_run(dir: &std::path::Path, run: &Resolved) -> Result<()> {
 /// Initialises the inner levels from a lower-resolution stage's checkpoint.
 fn grow(vs: &VarStore, model: &MdmUNet, p: &config::ProgressiveConfig, quiet: bool) -> Result<()> {
     let dir = checkpoint::resolve(&p.grow_from)?;
-    let cfg_path = dir.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io { path: cfg_path.clone(), source })?;
-    let lower: config::TrainConfig =
-        toml::from_str(&text).map_err(|e| Error::ConfigParse { path: cfg_path.clone(), msg: e.to_string() })?;
-    let lower = lower.resolve(&dir).map_err(|e| e.with_path(&cfg_path))?;
+    let lower = config::TrainConfig::load(&dir.join("config.toml"))?;
     let added = model.num_levels().checked_sub(lower.sides.len()).filter(|a| *a > 0).ok_or_else(|| {
         Error::Input {
             path: Some(dir.clone()),
@@ -411,11 +405,7 @@ fn grow(vs: &VarStore, model: &MdmUNet, p: &config::ProgressiveConfig, quiet: bo
             ),
         }
     })?;
-    let weights = if p.use_ema && dir.join("ema.safetensors").exists() {
-        dir.join("ema.safetensors")
-    } else {
-        dir.join("model.safetensors")
-    };
+    let weights = checkpoint::weights_file(&dir, p.use_ema);
     let report = crate::growth::grow_from(vs, &weights, added)?;
     if !quiet {
         eprintln!(
