@@ -37,17 +37,14 @@ fn text_shards(dir: &Path) -> std::path::PathBuf {
     shards
 }
 
-/// A text-conditioned tiny 32² UNet (width 64 = the tiny T5's), inline in the run config.
+/// A text-conditioned tiny 32² UNet (width 64 = the tiny T5's).
 fn text_config(dir: &Path, shards: &Path, steps: u64, checkpoint_every: u64) -> std::path::PathBuf {
+    // tiny_32x32 without its classes: conditioned on the tiny T5's states instead.
     let model = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/tiny_32x32.toml")).expect("model");
-    let model: String = model
-        .lines()
-        .filter(|l| !l.starts_with("num_classes") && !l.starts_with('#'))
-        .map(|l| if let Some(t) = l.strip_prefix('[') { format!("[model.{t}\n") } else { format!("{l}\n") })
-        .collect();
-    let (top, tables) = model.split_once("\n[").expect("tables");
+    let model: String = model.lines().filter(|l| !l.starts_with("num_classes")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("model.toml"), model).expect("model config");
     let text = format!(
-        "[run]\nout = \"run\"\nsteps = {steps}\ndevice = \"cpu\"\nthreads = 1\nlog_every = 1\ncheckpoint_every = {checkpoint_every}\n\n[data]\nshards = [{:?}]\nbatch_size = 4\nworkers = 1\ncfg_dropout = 0.2\n\n[optim]\nlr = 1e-3\n\n[model]\n{top}\n[{tables}",
+        "model_file = \"model.toml\"\n\n[run]\nout = \"run\"\nsteps = {steps}\ndevice = \"cpu\"\nthreads = 1\nlog_every = 1\ncheckpoint_every = {checkpoint_every}\n\n[data]\nshards = [{:?}]\nbatch_size = 4\nworkers = 1\ncfg_dropout = 0.2\n\n[optim]\nlr = 1e-3\n",
         s(shards)
     );
     let p = dir.join("train.toml");

@@ -128,23 +128,13 @@ fn write_config(
 ) -> Result<PathBuf> {
     let dir = out.join("configs");
     std::fs::create_dir_all(&dir)?;
-    let model = model
-        .lines()
-        .map(|l| {
-            // Nest the model file's tables under [model].
-            if let Some(t) = l.strip_prefix('[') {
-                format!("[model.{t}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let (top, tables) = model.split_once("\n[").map(|(a, b)| (a.to_string(), format!("[{b}"))).unwrap_or((model.clone(), String::new()));
-    let top: String = top.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(|l| format!("{l}\n")).collect();
+    // The model config beside it, as in configs/models/.
+    let model_file = dir.join(format!("{name}_model.toml"));
+    std::fs::write(&model_file, model)?;
     let grow = grow_from.map_or(String::new(), |p| format!("[progressive]\ngrow_from = {:?}\n\n", p.display().to_string()));
     let text = format!(
-        "# mdm demo, stage {name}\n[run]\nout = {:?}\nsteps = {steps}\ndevice = \"cpu\"\nthreads = 1\nlog_every = 25\ncheckpoint_every = 100\n\n[data]\nshards = [{:?}]\n{data}\ncfg_dropout = 0.1\nworkers = 1\n\n[optim]\n{optim}\nema_decay = 0.99\n\n{grow}[model]\n{top}\n{tables}\n",
+        "# mdm demo, stage {name}\nmodel_file = {:?}\n\n[run]\nout = {:?}\nsteps = {steps}\ndevice = \"cpu\"\nthreads = 1\nlog_every = 25\ncheckpoint_every = 100\n\n[data]\nshards = [{:?}]\n{data}\ncfg_dropout = 0.1\nworkers = 1\n\n[optim]\n{optim}\nema_decay = 0.99\n\n{grow}",
+        model_file.display().to_string(),
         out.join("runs").join(name).display().to_string(),
         shards.display().to_string(),
     );
