@@ -90,7 +90,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let s = Sampler::load(&out.join("runs/tiny_64"), true, Device::Cpu)?;
     let labels: Vec<i64> = (0..4).flat_map(|c| [c, c, c]).collect();
     let cond = Conditioning::Class(Tensor::from_slice(&labels));
-    let opts = SampleOptions { steps: Some(50), ddim_eta: None, guidance_scale: 3.0, threshold: None };
+    let opts = SampleOptions { steps: Some(50), ddim_eta: None, guidance_scale: 3.0, threshold: None, frames: 1 };
     let levels = s.sample(&cond, labels.len() as i64, 0, &opts)?;
     let (w, h, rgb) = grid(&levels)?;
     std::fs::write(&grid_path, png_bytes(w, h, rgb)?)?;

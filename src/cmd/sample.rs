@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use mdm_ingest::t5::{EncodeOptions, TextEncoder};
 use mdm_trainer::diffusion::SampleOptions;
 use mdm_trainer::model::Conditioning;
-use mdm_trainer::sample::{grid, png_bytes, Sampler};
+use mdm_trainer::sample::{gif_bytes, grid, png_bytes, Sampler};
 use mdm_trainer::tch::{Device, Kind, Tensor};
 use mdm_trainer::train::config::{CondKind, DeviceChoice};
 use mdm_trainer::train::pick_device;
@@ -50,6 +50,10 @@ pub struct SampleArgs {
     no_ema: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Frames per second of a video model's GIF.
+    #[arg(long, default_value_t = 8.0)]
+    fps: f64,
+    /// PNG grid (image models) or animated GIF (video models).
     #[arg(long)]
     out: PathBuf,
 }
@@ -110,12 +114,29 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         },
         guidance_scale: a.guidance,
         threshold: None,
+        frames: 1, // Sampler::sample sets the model's clip length
     };
+    let frames = s.run.frames;
+    let is_gif = a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gif"));
+    if frames > 1 && !is_gif {
+        bail!("this is a video model ({frames} frames per clip): --out must name an animated .gif");
+    }
+    if frames == 1 && is_gif {
+        bail!("this is an image model: --out names a PNG grid");
+    }
+    if !(a.fps > 0.0 && a.fps <= 100.0) {
+        bail!("--fps must be in (0, 100]");
+    }
     let levels = s.sample(&cond, n, a.seed, &opts)?;
-    let (w, h, rgb) = grid(&levels)?;
-    std::fs::write(&a.out, png_bytes(w, h, rgb)?).with_context(|| format!("writing {}", a.out.display()))?;
+    let (bytes, what) = if frames > 1 {
+        (gif_bytes(&levels, frames, a.fps)?, format!("clips of {frames} frames at {} fps", a.fps))
+    } else {
+        let (w, h, rgb) = grid(&levels)?;
+        (png_bytes(w, h, rgb)?, format!("samples, {w}x{h}"))
+    };
+    std::fs::write(&a.out, bytes).with_context(|| format!("writing {}", a.out.display()))?;
     println!(
-        "wrote {} ({w}x{h}: {} levels {:?} × {n} samples) from {}",
+        "wrote {} ({} levels {:?} × {n} {what}) from {}",
         a.out.display(),
         levels.len(),
         s.run.sides,

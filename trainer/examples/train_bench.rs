@@ -125,7 +125,7 @@ fn main() {
             let mut opt = FlatOptimizer::new(&vs, &ocfg, working).expect("optimizer");
             Box::new(move || {
                 opt.zero_grad();
-                forward_backward(&model, &diffusion, groups, cond).expect("step");
+                forward_backward(&model, &diffusion, groups, cond, 1).expect("step");
                 opt.step(1.0).expect("finite");
             })
         } else {
@@ -137,7 +137,7 @@ fn main() {
                 .expect("adamw");
             Box::new(move || {
                 opt.zero_grad();
-                forward_backward(&model, &diffusion, groups, cond).expect("step");
+                forward_backward(&model, &diffusion, groups, cond, 1).expect("step");
                 opt.clip_grad_norm(ocfg.clip_grad_norm);
                 opt.step();
             })

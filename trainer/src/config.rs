@@ -257,6 +257,12 @@ pub struct LevelSpec {
     pub num_resnets: Vec<i64>,
     /// Attention layers per resolution (0 where the resolution is not in `attention_levels`).
     pub attention_layers: Vec<i64>,
+    /// A video level: inputs are frames in the batch dimension, `frames` per clip.
+    pub temporal: bool,
+    /// Temporal attention blocks per ResNet, per resolution (video levels).
+    pub temporal_layers: Vec<i64>,
+    /// Rotary position encoding of the frame index in temporal attention.
+    pub temporal_pos_emb: bool,
     pub temporal_dim: i64,
     /// Text width as it enters this level's `lm_proj` (ml-mdm's `input_conditioning_feature_dim`).
     pub input_cond_dim: i64,
@@ -335,6 +341,11 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// A video model (`temporal_mode`): inputs are clips, frames in the batch dimension.
+    pub fn is_video(&self) -> bool {
+        self.top.temporal
+    }
+
     /// Reads a `.toml` (our mirror) or `.json` (fixture) config file and validates it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -463,19 +474,21 @@ fn derive_level(
     at: &str,
 ) -> Result<LevelSpec> {
     let f = |name: &str| format!("{at}.{name}");
-    if c.temporal_mode || c.temporal_spatial_ds || c.temporal_positional_encoding {
+    // Video: frames ride in the batch dimension ((B·T), C, H, W) and every level sees every
+    // frame (ml-mdm's `temporal_spatial_ds`: levels nest in space only). Unlike ml-mdm, which
+    // builds its temporal attention only without `temporal_spatial_ds`, the temporal
+    // attention blocks exist wherever `num_temporal_attention_layers` asks for them.
+    if c.temporal_mode && !c.temporal_spatial_ds {
         return Err(Error::config(
-            f("temporal_mode"),
-            "video (temporal) models are not supported",
+            f("temporal_spatial_ds"),
+            "ml-mdm's temporal downsampling (frames tiled into a grid, resampled in time) is not \
+             supported; set temporal_spatial_ds = true (levels nest in space, every level sees every frame)",
         ));
     }
-    if c.num_temporal_attention_layers
-        .as_ref()
-        .is_some_and(|l| !l.0.is_empty())
-    {
+    if !c.temporal_mode && (c.temporal_spatial_ds || c.temporal_positional_encoding) {
         return Err(Error::config(
-            f("num_temporal_attention_layers"),
-            "video (temporal) models are not supported",
+            f("temporal_mode"),
+            "temporal_spatial_ds and temporal_positional_encoding need temporal_mode = true",
         ));
     }
     if c.interp_conditioning {
@@ -518,6 +531,27 @@ fn derive_level(
             }
         })
         .collect();
+    let temporal_layers = match &c.num_temporal_attention_layers {
+        Some(l) if !l.0.is_empty() => expand(l, n, &f("num_temporal_attention_layers"))?,
+        _ => vec![0; n],
+    };
+    if temporal_layers.iter().any(|&l| l < 0) {
+        return Err(Error::config(f("num_temporal_attention_layers"), "must be >= 0"));
+    }
+    if !c.temporal_mode && temporal_layers.iter().any(|&l| l > 0) {
+        return Err(Error::config(
+            f("num_temporal_attention_layers"),
+            "temporal attention needs temporal_mode = true (a video model)",
+        ));
+    }
+    for (i, &ch) in rc.iter().enumerate() {
+        if temporal_layers[i] > 0 && ch % crate::model::attention::TEMPORAL_HEAD_CHANNELS != 0 {
+            return Err(Error::config(
+                f("num_temporal_attention_layers"),
+                format!("temporal attention needs channels divisible by 32 (its head width), level {i} has {ch}"),
+            ));
+        }
+    }
     let is_nested = c.inner_config.is_some();
     let groups = c.resnet_config.num_groups_norm;
     if groups <= 0 {
@@ -624,6 +658,12 @@ fn derive_level(
         None => None,
         Some(ic) => {
             let inner = derive_level(ic, Some(cond_dim), depth + 1, &format!("{at}.inner_config"))?;
+            if inner.temporal != c.temporal_mode {
+                return Err(Error::config(
+                    f("temporal_mode"),
+                    "every level of a nested model must agree on temporal_mode",
+                ));
+            }
             if inner.temporal_dim != temporal_dim {
                 return Err(Error::config(
                     f("temporal_dim"),
@@ -658,6 +698,9 @@ fn derive_level(
         resolution_channels: rc,
         num_resnets,
         attention_layers,
+        temporal: c.temporal_mode,
+        temporal_layers,
+        temporal_pos_emb: c.temporal_positional_encoding,
         temporal_dim,
         input_cond_dim,
         cond_dim,

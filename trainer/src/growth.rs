@@ -5,6 +5,11 @@
 //! initialisation, and their adapters are set to zero, so right after growth the inner
 //! prediction equals the lower model's. Any lower parameter that does not fit is an error
 //! (ml-mdm prints it and trains from random weights instead).
+//!
+//! [`inflate_from`] does the same from an image checkpoint into a video model (with or
+//! without added levels): the temporal attention blocks are the only fresh inner tensors and
+//! their `up_conv` starts at zero, so each block is the identity and the video model first
+//! predicts every frame exactly as the image model does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,6 +38,20 @@ pub fn grow_from(vs: &VarStore, lower: &Path, added_levels: usize) -> Result<Gro
     if added_levels == 0 {
         return Err(Error::input("growth adds at least one level"));
     }
+    load_lower(vs, lower, added_levels, false)
+}
+
+/// Loads `lower` (an image model's safetensors checkpoint, `added_levels` ≥ 0 fewer levels)
+/// into the video model in `vs`; see the module overview.
+pub fn inflate_from(vs: &VarStore, lower: &Path, added_levels: usize) -> Result<GrowthReport> {
+    load_lower(vs, lower, added_levels, true)
+}
+
+fn is_temporal(k: &str) -> bool {
+    k.split('.').any(|p| p == "t_attn")
+}
+
+fn load_lower(vs: &VarStore, lower: &Path, added_levels: usize, video: bool) -> Result<GrowthReport> {
     let prefix = "inner_unet.".repeat(added_levels);
     let file: BTreeMap<String, Tensor> = read_safetensors(lower)?.into_iter().collect();
     let vars = vs.variables();
@@ -52,7 +71,7 @@ pub fn grow_from(vs: &VarStore, lower: &Path, added_levels: usize) -> Result<Gro
     }
     let mut inner_missing: Vec<&String> = vars
         .keys()
-        .filter(|k| k.starts_with(&prefix) && !file.contains_key(&k[prefix.len()..]))
+        .filter(|k| k.starts_with(&prefix) && !file.contains_key(&k[prefix.len()..]) && !(video && is_temporal(k)))
         .collect();
     inner_missing.sort();
     for k in inner_missing {
@@ -75,7 +94,11 @@ pub fn grow_from(vs: &VarStore, lower: &Path, added_levels: usize) -> Result<Gro
             let is_adapter = k
                 .split('.')
                 .any(|p| p == "in_adapter" || p == "out_adapter");
-            if outer && is_adapter {
+            let fresh_up_conv = video
+                && is_temporal(k)
+                && k.split('.').any(|p| p == "up_conv")
+                && !file.contains_key(k.get(prefix.len()..).unwrap_or(""));
+            if (outer && is_adapter && added_levels > 0) || fresh_up_conv {
                 let _ = v.shallow_clone().zero_();
                 zeroed.push(k.clone());
             }
@@ -86,7 +109,7 @@ pub fn grow_from(vs: &VarStore, lower: &Path, added_levels: usize) -> Result<Gro
     loaded.sort();
     let mut fresh: Vec<String> = vars
         .keys()
-        .filter(|k| !k.starts_with(&prefix))
+        .filter(|k| !k.starts_with(&prefix) || !loaded.contains(k))
         .cloned()
         .collect();
     fresh.sort();

@@ -36,8 +36,10 @@ impl Sampler {
 
     /// Samples `cond`'s batch (one sample per condition row; `n` for unconditional models)
     /// from seeded noise. Returns every level's images in [−1, 1], outermost first.
+    /// Video models give each sample's frames as consecutive rows (n·frames per level).
     pub fn sample(&self, cond: &Conditioning, n: i64, seed: u64, opts: &SampleOptions) -> Result<Vec<Tensor>> {
-        sample_levels(&self.model, &self.diffusion, &self.run.sides, cond, n, seed, opts, self.device)
+        let opts = SampleOptions { frames: self.run.frames, ..opts.clone() };
+        sample_levels(&self.model, &self.diffusion, &self.run.sides, cond, n, seed, &opts, self.device)
     }
 
     pub fn cond_kind(&self) -> CondKind {
@@ -45,7 +47,8 @@ impl Sampler {
     }
 }
 
-/// Samples `n` images per level with classifier-free guidance against the null condition.
+/// Samples `n` images (or clips of `opts.frames` frames, consecutive rows) per level with
+/// classifier-free guidance against the null condition.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_levels(
     model: &MdmUNet,
@@ -60,7 +63,7 @@ pub fn sample_levels(
     tch::manual_seed(seed as i64);
     let noise: Vec<Tensor> = sides
         .iter()
-        .map(|&s| Tensor::randn([n, 3, s as i64, s as i64], (Kind::Float, device)))
+        .map(|&s| Tensor::randn([n * opts.frames, 3, s as i64, s as i64], (Kind::Float, device)))
         .collect();
     let uncond = null_condition(cond, n, model.null_class())?;
     let uncond = (opts.guidance_scale != 1.0).then_some(&uncond);
@@ -109,4 +112,37 @@ pub fn png_bytes(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>> {
     img.write_to(&mut out, image::ImageFormat::Png)
         .map_err(|e| Error::input(format!("PNG encoding failed: {e}")))?;
     Ok(out.into_inner())
+}
+
+/// An animated GIF of video samples: frame f shows [`grid`] of every level's frame f (one
+/// row per level, one column per clip), `fps` frames per second, looping. `levels[i]` holds
+/// clips of `frames` frames as consecutive rows.
+pub fn gif_bytes(levels: &[Tensor], frames: i64, fps: f64) -> Result<Vec<u8>> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    if frames < 1 || levels.iter().any(|l| l.size()[0] % frames != 0) {
+        return Err(Error::input(format!("levels are not whole clips of {frames} frames")));
+    }
+    let mut out = vec![];
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
+        enc.set_repeat(Repeat::Infinite).map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
+        let delay = image::Delay::from_numer_denom_ms((1000.0 / fps).round().max(10.0) as u32, 1);
+        for f in 0..frames {
+            let at: Vec<Tensor> = levels
+                .iter()
+                .map(|l| {
+                    let s = l.size();
+                    l.view([s[0] / frames, frames, s[1], s[2], s[3]]).select(1, f)
+                })
+                .collect();
+            let (w, h, rgb) = grid(&at)?;
+            let rgba = image::DynamicImage::ImageRgb8(
+                image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| Error::input("grid buffer size"))?,
+            )
+            .to_rgba8();
+            enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
+                .map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
+        }
+    }
+    Ok(out)
 }

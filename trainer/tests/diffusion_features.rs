@@ -148,6 +148,7 @@ fn sampling_ddpm_ddim_guidance_and_thresholds() {
         ddim_eta: Some(0.0),
         guidance_scale: 1.0,
         threshold: None,
+        frames: 1,
     };
     let a = d
         .sample(
@@ -214,6 +215,7 @@ fn sampling_ddpm_ddim_guidance_and_thresholds() {
             ddim_eta: eta,
             guidance_scale: 2.0,
             threshold: Some(ThresholdType::Dynamic),
+            frames: 1,
         };
         let s = d
             .sample(&model, noise(), &cond, Some(&uncond), &micros, &o)

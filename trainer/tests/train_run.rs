@@ -203,7 +203,7 @@ fn grown_stage_trains_mixed_resolution_batches() {
     // The loader drew both resolutions: 64² samples train both levels, 32² only the inner.
     let mut loader = train::build_loader(&t.run, None).unwrap();
     let b = loader.next().unwrap().unwrap();
-    let tb = batch::to_tensors(&b, &t.run.sides, t.run.cond, Device::Cpu).unwrap();
+    let tb = batch::to_tensors(&b, &t.run.sides, t.run.cond, t.run.frames, Device::Cpu).unwrap();
     assert_eq!(tb.groups.len(), 2);
     assert_eq!(tb.groups[0].size()[0] + tb.groups[1].size()[0], 6);
     assert_eq!(tb.groups[0].size()[1..], [3, 64, 64]);
@@ -408,7 +408,7 @@ fn a_batch_without_outer_samples_trains_the_inner_level_only() {
         Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
     ];
     let cond = Conditioning::Class(Tensor::from_slice(&[0i64, 1, 2]));
-    let (loss, levels) = train::forward_backward(&model, &diffusion, &groups, &cond).unwrap();
+    let (loss, levels) = train::forward_backward(&model, &diffusion, &groups, &cond, 1).unwrap();
     assert!(loss.is_finite() && loss > 0.0, "{loss}");
     assert_eq!(levels[0], 0.0);
     assert!(levels[1] > 0.0);

@@ -27,6 +27,8 @@ pub struct SampleOptions {
     pub guidance_scale: f64,
     /// Overrides the config's `threshold_function`.
     pub threshold: Option<ThresholdType>,
+    /// Frames per clip (video models): the noise rows are clips' frames, consecutive.
+    pub frames: i64,
 }
 
 impl Default for SampleOptions {
@@ -36,6 +38,7 @@ impl Default for SampleOptions {
             ddim_eta: None,
             guidance_scale: 1.0,
             threshold: None,
+            frames: 1,
         }
     }
 }
@@ -152,7 +155,8 @@ impl NestedDiffusion {
     }
 
     /// Runs the model with classifier-free guidance: `uncond + s·(cond − uncond)` on every
-    /// level. `uncond` is the empty (or negative) prompt, or the null class.
+    /// level. `uncond` is the empty (or negative) prompt, or the null class. `time`, the
+    /// conditions and `micros` are per clip of `frames` frames (1 for images).
     #[allow(clippy::too_many_arguments)]
     pub fn guided_prediction(
         &self,
@@ -163,6 +167,7 @@ impl NestedDiffusion {
         uncond: Option<&Conditioning>,
         micros: &Micros,
         guidance_scale: f64,
+        frames: i64,
     ) -> Result<Vec<Tensor>> {
         match uncond {
             Some(u) if guidance_scale != 1.0 => {
@@ -173,7 +178,7 @@ impl NestedDiffusion {
                     .iter()
                     .map(|(k, v)| (k.clone(), Tensor::cat(&[v, v], 0)))
                     .collect();
-                let p = model.forward(&x2, &t2, &both, &m2, false)?;
+                let p = model.forward_frames(&x2, &t2, &both, &m2, false, frames)?;
                 Ok(p.iter()
                     .map(|p| {
                         let c = p.chunk(2, 0);
@@ -181,11 +186,12 @@ impl NestedDiffusion {
                     })
                     .collect())
             }
-            _ => model.forward(x_t, time, cond, micros, false),
+            _ => model.forward_frames(x_t, time, cond, micros, false, frames),
         }
     }
 
-    /// Samples from Gaussian noise on every level: `noise[i]` is level i's start (B,C,S_i,S_i).
+    /// Samples from Gaussian noise on every level: `noise[i]` is level i's start (B,C,S_i,S_i),
+    /// B = clips × `opts.frames`.
     /// Returns every level's final sample, clipped to [−1, 1] (outermost first).
     pub fn sample(
         &self,
@@ -211,7 +217,10 @@ impl NestedDiffusion {
             Some(_) => return Err(Error::input("sampling needs at least one step")),
         };
         let mut x = noise;
-        let b = x[0].size()[0];
+        if opts.frames < 1 || x[0].size()[0] % opts.frames != 0 {
+            return Err(Error::input(format!("{} noise rows are not whole clips of {} frames", x[0].size()[0], opts.frames)));
+        }
+        let b = x[0].size()[0] / opts.frames;
         for w in steps.windows(2) {
             let (t, t_last) = (w[0], w[1]);
             let time = Tensor::full([b], t - 1, (Kind::Int64, x[0].device()));
@@ -223,6 +232,7 @@ impl NestedDiffusion {
                 uncond,
                 micros,
                 opts.guidance_scale,
+                opts.frames,
             )?;
             // ml-mdm adds noise on every step but t = 1 (at t_last = 0 its scale is 0).
             let noise: Option<Vec<Tensor>> =

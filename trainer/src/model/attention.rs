@@ -156,3 +156,108 @@ impl TextSelfAttention {
             .forward(&self.mlp_in.forward(&self.mlp_norm.forward(&x)).gelu("none"))
     }
 }
+
+/// Head width of temporal attention (ml-mdm's `num_head_channels=32`).
+pub const TEMPORAL_HEAD_CHANNELS: i64 = 32;
+
+/// Multi-head attention of sequence-first tensors q/k/v (N,L,C), `heads` contiguous channel
+/// blocks, with rotary position encoding of the sequence index when `rotary` holds the
+/// frequencies (head_ch/2,).
+fn attend_seq(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, rotary: Option<&Tensor>) -> Tensor {
+    let (n, l, c) = q.size3().unwrap_or((0, 0, 0));
+    let ch = c / heads;
+    let split = |t: &Tensor| t.reshape([n, l, heads, ch]).transpose(1, 2); // (N,H,L,ch)
+    let (mut q, mut k, v) = (split(q), split(k), split(v).contiguous());
+    if let Some(f) = rotary {
+        q = rotate(&q, f);
+        k = rotate(&k, f);
+    }
+    let a = Tensor::scaled_dot_product_attention(&q.contiguous(), &k.contiguous(), &v, None::<Tensor>, 0.0, false, None, false);
+    a.transpose(1, 2).reshape([n, l, c])
+}
+
+/// Rotary embedding of `rotary_embedding_torch` (the library ml-mdm's `pos_emb` uses) on
+/// (…, L, ch): angles `pos·f_k`, each frequency applied to an adjacent channel pair
+/// `(x_{2k}, x_{2k+1}) → (x_{2k}·cos − x_{2k+1}·sin, x_{2k+1}·cos + x_{2k}·sin)`.
+pub fn rotate(x: &Tensor, freqs: &Tensor) -> Tensor {
+    let size = x.size();
+    let (l, ch) = (size[size.len() - 2], size[size.len() - 1]);
+    let pos = Tensor::arange(l, (tch::Kind::Float, x.device()));
+    let ang = pos.unsqueeze(1) * freqs.to_kind(tch::Kind::Float).unsqueeze(0); // (L, ch/2)
+    let ang = ang.repeat_interleave_self_int(2, Some(1), None); // (L, ch): f0 f0 f1 f1 …
+    let (cos, sin) = (ang.cos().to_kind(x.kind()), ang.sin().to_kind(x.kind()));
+    let mut pairs = size.clone();
+    pairs.pop();
+    pairs.extend([ch / 2, 2]);
+    let xp = x.reshape(pairs.as_slice());
+    let (x1, x2) = (xp.select(-1, 0), xp.select(-1, 1));
+    let rot = Tensor::stack(&[x2.neg(), x1], -1).reshape(size.as_slice());
+    x * cos + rot * sin
+}
+
+/// The frequencies of `rotary_embedding_torch.RotaryEmbedding(dim)`: `10000^(−2k/dim)`.
+pub fn rotary_freqs(dim: i64) -> Tensor {
+    let k = Tensor::arange_start_step(0, dim, 2, (tch::Kind::Float, tch::Device::Cpu)).narrow(0, 0, dim / 2);
+    (k / dim as f64 * -(10000f64.ln())).exp()
+}
+
+/// ml-mdm's `TemporalAttentionBlock` (with `down=True`, as it is always built): a stride-2
+/// conv, per-pixel attention over the frames (`SelfAttention1D`: LayerNorm, qkv, heads of 32
+/// channels, zero-init `proj_out`, optional rotary frame positions) and a residual MLP,
+/// nearest ×2 and a conv, added to the input. Names: `down_conv`, `attn.{norm,qkv,proj_out,
+/// pos_emb.freqs}`, `mlp.main.{0,1,3}`, `up_conv`.
+#[derive(Debug)]
+pub struct TemporalAttention {
+    down_conv: nn::Conv2D,
+    norm: nn::LayerNorm,
+    qkv: nn::Linear,
+    proj_out: nn::Linear,
+    freqs: Option<Tensor>,
+    mlp_norm: nn::LayerNorm,
+    mlp_in: nn::Linear,
+    mlp_out: nn::Linear,
+    up_conv: nn::Conv2D,
+    heads: i64,
+}
+
+impl TemporalAttention {
+    pub fn new(p: &nn::Path, channels: i64, pos_emb: bool) -> Self {
+        let a = p / "attn";
+        let m = p / "mlp" / "main";
+        let heads = channels / TEMPORAL_HEAD_CHANNELS;
+        let freqs = pos_emb.then(|| {
+            // A parameter in ml-mdm's state dict (`requires_grad=False`): stored, not trained.
+            let f = (&a / "pos_emb").zeros_no_train("freqs", &[TEMPORAL_HEAD_CHANNELS / 2]);
+            tch::no_grad(|| f.shallow_clone().copy_(&rotary_freqs(TEMPORAL_HEAD_CHANNELS)));
+            f
+        });
+        TemporalAttention {
+            down_conv: super::conv3(&(p / "down_conv"), channels, channels, 2, false),
+            norm: nn::layer_norm(&a / "norm", vec![channels], Default::default()),
+            qkv: nn::linear(&a / "qkv", channels, 3 * channels, super::lin()),
+            proj_out: nn::linear(&a / "proj_out", channels, channels, zero_linear()),
+            freqs,
+            mlp_norm: nn::layer_norm(&m / 0, vec![channels], Default::default()),
+            mlp_in: nn::linear(&m / 1, channels, 4 * channels, super::lin()),
+            mlp_out: nn::linear(&m / 3, 4 * channels, channels, zero_linear()),
+            up_conv: super::conv3(&(p / "up_conv"), channels, channels, 1, false),
+            heads,
+        }
+    }
+
+    /// `x` ((B·T), C, H, W), frames of a clip consecutive.
+    pub fn forward(&self, x: &Tensor, frames: i64) -> Tensor {
+        let h = self.down_conv.forward(x);
+        let (bt, c, hh, ww) = h.size4().unwrap_or((0, 0, 0, 0));
+        let b = bt / frames;
+        // (b t) c h w -> (b h w) t c
+        let s = h.reshape([b, frames, c, hh, ww]).permute([0, 3, 4, 1, 2]).reshape([b * hh * ww, frames, c]);
+        let qkv = self.qkv.forward(&self.norm.forward(&s)).chunk(3, -1);
+        let a = attend_seq(&qkv[0], &qkv[1], &qkv[2], self.heads, self.freqs.as_ref());
+        let s = &s + self.proj_out.forward(&a);
+        let s = &s + self.mlp_out.forward(&self.mlp_in.forward(&self.mlp_norm.forward(&s)).gelu("none"));
+        // (b h w) t c -> (b t) c h w
+        let h = s.reshape([b, hh, ww, frames, c]).permute([0, 3, 4, 1, 2]).reshape([bt, c, hh, ww]);
+        self.up_conv.forward(&h.upsample_nearest2d([2 * hh, 2 * ww], None, None)) + x
+    }
+}

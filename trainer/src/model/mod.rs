@@ -122,6 +122,8 @@ pub struct Ctx<'a> {
     pub cond: Option<&'a Tensor>,
     pub cond_mask: Option<&'a Tensor>,
     pub train: bool,
+    /// Frames per clip (video models; 1 for images). Frames of a clip are consecutive rows.
+    pub frames: i64,
 }
 
 pub(crate) fn group_norm(p: &nn::Path, groups: i64, channels: i64) -> nn::GroupNorm {
@@ -282,10 +284,28 @@ impl MdmUNet {
         train: bool,
     ) -> Result<Vec<Tensor>> {
         let mut trace = Trace::default();
-        self.forward_traced(x_t, times, cond, micros, train, &mut trace)
+        self.forward_traced(x_t, times, cond, micros, train, 1, &mut trace)
     }
 
-    /// [`MdmUNet::forward`] that also records intermediate tensors when `trace.on`.
+    /// [`MdmUNet::forward`] for video clips of `frames` frames: `x_t[i]` holds the frames of
+    /// its clips in the batch dimension ((B_i·frames), C, S, S), a clip's frames consecutive;
+    /// `times`, `cond` and `micros` are per clip (B). A video model also takes `frames = 1`
+    /// (still images).
+    pub fn forward_frames(
+        &self,
+        x_t: &[Tensor],
+        times: &Tensor,
+        cond: &Conditioning,
+        micros: &Micros,
+        train: bool,
+        frames: i64,
+    ) -> Result<Vec<Tensor>> {
+        let mut trace = Trace::default();
+        self.forward_traced(x_t, times, cond, micros, train, frames, &mut trace)
+    }
+
+    /// [`MdmUNet::forward_frames`] that also records intermediate tensors when `trace.on`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_traced(
         &self,
         x_t: &[Tensor],
@@ -293,9 +313,10 @@ impl MdmUNet {
         cond: &Conditioning,
         micros: &Micros,
         train: bool,
+        frames: i64,
         trace: &mut Trace,
     ) -> Result<Vec<Tensor>> {
-        self.check_inputs(x_t, times, cond, micros)?;
+        self.check_inputs(x_t, times, cond, micros, frames)?;
         // A model stored in another kind than the inputs (bf16 training) computes in its own
         // kind and returns float predictions.
         let kind = self.top.param_kind();
@@ -308,10 +329,13 @@ impl MdmUNet {
                 Conditioning::Class(c) => Conditioning::Class(c.shallow_clone()),
                 Conditioning::None => Conditioning::None,
             };
-            let outs = self.forward_traced(&x, times, &cond, micros, train, trace)?;
+            let outs = self.forward_traced(&x, times, &cond, micros, train, frames, trace)?;
             return Ok(outs.iter().map(|o| o.to_kind(x_t[0].kind())).collect());
         }
         let (cond_emb, tokens, mask) = self.top.conditioning(cond, trace, "")?;
+        // Per clip → per frame.
+        let per_frame = |t: Option<Tensor>| t.map(|t| if frames > 1 { t.repeat_interleave_self_int(frames, Some(0), None) } else { t });
+        let (cond_emb, tokens, mask) = (per_frame(cond_emb), per_frame(tokens), per_frame(mask));
         let (outs, _) = self.top.forward_level(
             x_t,
             None,
@@ -321,6 +345,7 @@ impl MdmUNet {
             mask.as_ref(),
             micros,
             train,
+            frames,
             trace,
             "",
         );
@@ -339,7 +364,7 @@ impl MdmUNet {
             on: true,
             ..Default::default()
         };
-        let outs = self.forward_traced(x_t, times, cond, micros, false, &mut trace)?;
+        let outs = self.forward_traced(x_t, times, cond, micros, false, 1, &mut trace)?;
         Ok((outs, trace.tensors))
     }
 
@@ -349,8 +374,14 @@ impl MdmUNet {
         times: &Tensor,
         cond: &Conditioning,
         micros: &Micros,
+        frames: i64,
     ) -> Result<()> {
         let levels = self.num_levels();
+        if frames < 1 || (frames > 1 && !self.cfg.is_video()) {
+            return Err(Error::input(format!(
+                "{frames} frames per sample: only a video model (temporal_mode) takes clips"
+            )));
+        }
         if x_t.len() != levels {
             return Err(Error::input(format!(
                 "the model has {levels} levels, got {} inputs x_t",
@@ -362,7 +393,9 @@ impl MdmUNet {
         if b.len() != 1 {
             return Err(Error::input(format!("times must be (B,), got {b:?}")));
         }
-        let batch = b[0];
+        // Per clip (times, conditioning, micros) and per frame (x_t rows).
+        let clips = b[0];
+        let batch = clips * frames;
         let inner_side = x_t[levels - 1].size().get(2).copied().unwrap_or(0);
         let mut prev_b = 0;
         for (i, x) in x_t.iter().enumerate() {
@@ -377,6 +410,12 @@ impl MdmUNet {
                 return Err(Error::input(format!(
                     "x_t.{i} must be floating point, got {:?}",
                     x.kind()
+                )));
+            }
+            if s[0] % frames != 0 {
+                return Err(Error::input(format!(
+                    "x_t.{i} has {} rows, not whole clips of {frames} frames",
+                    s[0]
                 )));
             }
             if s[0] < prev_b || s[0] > batch {
@@ -401,6 +440,14 @@ impl MdmUNet {
             if x.size()[2] % f != 0 {
                 return Err(Error::input(format!("x_t.{i} side {} is not divisible by {f} (its downsampling)", x.size()[2])));
             }
+            for (r, &tl) in l.temporal_layers.iter().enumerate() {
+                let side = x.size()[2] >> r;
+                if tl > 0 && side % 2 != 0 {
+                    return Err(Error::input(format!(
+                        "x_t.{i}: temporal attention at resolution {r} halves its side {side}, which must be even"
+                    )));
+                }
+            }
             spec = l.nested.as_ref().map(|n| n.inner.as_ref());
         }
         if x_t[levels - 1].size()[0] != batch {
@@ -413,9 +460,9 @@ impl MdmUNet {
                 if innermost.input_cond_dim <= 0 {
                     return Err(Error::input("this model takes no text conditioning"));
                 }
-                if ts.len() != 3 || ts[0] != batch || ts[2] != innermost.input_cond_dim {
+                if ts.len() != 3 || ts[0] != clips || ts[2] != innermost.input_cond_dim {
                     return Err(Error::input(format!(
-                        "lm_outputs must be (B={batch},T,{}), got {ts:?}",
+                        "lm_outputs must be (B={clips},T,{}), got {ts:?}",
                         innermost.input_cond_dim
                     )));
                 }
@@ -431,7 +478,7 @@ impl MdmUNet {
                 if self.cfg.num_classes.is_none() {
                     return Err(Error::input("this model is not class-conditional"));
                 }
-                if c.size() != [batch] || c.kind() != Kind::Int64 {
+                if c.size() != [clips] || c.kind() != Kind::Int64 {
                     return Err(Error::input(format!(
                         "class labels must be (B,) int64, got {:?} {:?}",
                         c.size(),
@@ -448,7 +495,7 @@ impl MdmUNet {
             }
         }
         for (k, v) in micros {
-            if v.size() != [batch] {
+            if v.size() != [clips] {
                 return Err(Error::input(format!(
                     "micro-conditioning {k:?} must be (B,), got {:?}",
                     v.size()

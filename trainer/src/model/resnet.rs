@@ -2,7 +2,7 @@
 
 use tch::{nn, nn::Module, Tensor};
 
-use super::attention::SelfAttention;
+use super::attention::{SelfAttention, TemporalAttention};
 use super::{conv3, group_norm, Ctx};
 
 /// One ResNet layer, time-modulated:
@@ -67,12 +67,15 @@ pub enum Resample {
 }
 
 /// ml-mdm's `ResNetBlock`: `n` ResNets, each followed by `layers` attention layers
-/// (`attn[i*layers + j]`), then an optional resample.
+/// (`attn[i*layers + j]`) and, in video models, `t_layers` temporal attention blocks
+/// (`t_attn[i*t_layers + j]`), then an optional resample.
 #[derive(Debug)]
 pub struct ResNetBlock {
     resnets: Vec<ResNet>,
     attn: Vec<SelfAttention>,
     layers: usize,
+    t_attn: Vec<TemporalAttention>,
+    t_layers: usize,
     resample: Resample,
 }
 
@@ -87,6 +90,10 @@ pub struct BlockSpec {
     pub attention_ffn: bool,
     pub down: bool,
     pub up: bool,
+    /// Temporal attention blocks per ResNet (video models; 0 otherwise).
+    pub temporal_layers: i64,
+    /// Rotary frame positions in the temporal attention.
+    pub temporal_pos_emb: bool,
 }
 
 impl ResNetBlock {
@@ -118,6 +125,13 @@ impl ResNetBlock {
                 ));
             }
         }
+        let t_layers = s.temporal_layers.max(0) as usize;
+        let mut t_attn = vec![];
+        for (i, &(_, cout)) in s.channels.iter().enumerate() {
+            for j in 0..t_layers {
+                t_attn.push(TemporalAttention::new(&(p / "t_attn" / (i * t_layers + j)), cout, s.temporal_pos_emb));
+            }
+        }
         let last = s.channels.last().map_or(0, |c| c.1);
         let resample = if s.down {
             Resample::Down(conv3(&(p / "resample"), last, last, 2, false))
@@ -130,6 +144,8 @@ impl ResNetBlock {
             resnets,
             attn,
             layers,
+            t_attn,
+            t_layers,
             resample,
         }
     }
@@ -155,6 +171,9 @@ impl ResNetBlock {
             x = r.forward(&x, ctx.temb, ctx.train);
             for j in 0..self.layers {
                 x = self.attn[i * self.layers + j].forward(&x, ctx.cond, ctx.cond_mask);
+            }
+            for j in 0..self.t_layers {
+                x = self.t_attn[i * self.t_layers + j].forward(&x, ctx.frames);
             }
             acts.push(x.shallow_clone());
         }

@@ -101,6 +101,8 @@ impl UNetLevel {
                 attention_ffn: s.attention_ffn,
                 down: i != n - 1,
                 up: false,
+                temporal_layers: s.temporal_layers[i],
+                temporal_pos_emb: s.temporal_pos_emb,
             };
             down_blocks.push(ResNetBlock::new(
                 &(p / "down_blocks" / i),
@@ -120,6 +122,8 @@ impl UNetLevel {
                 attention_ffn: s.attention_ffn,
                 down: false,
                 up: false,
+                temporal_layers: 0,
+                temporal_pos_emb: false,
             };
             let b = BlockSpec {
                 attention_layers: 0,
@@ -148,6 +152,8 @@ impl UNetLevel {
                 attention_ffn: s.attention_ffn,
                 down: false,
                 up: i != 0,
+                temporal_layers: s.temporal_layers[i],
+                temporal_pos_emb: s.temporal_pos_emb,
             };
             up_blocks.push(ResNetBlock::new(
                 &(p / "up_blocks" / k),
@@ -271,20 +277,19 @@ impl UNetLevel {
         Ok((Some(e), Some(c), masked.then_some(mask)))
     }
 
-    /// `temb = time_mlp(t) + cond_emb + Σ micro_mlp(micro)`.
+    /// `temb = time_mlp(t) + cond_emb + Σ micro_mlp(micro)`; `times` and `micros` per clip,
+    /// `cond_emb` per frame (clips of `frames` frames), the result per frame.
     fn time_embedding(
         &self,
         times: &Tensor,
         cond_emb: Option<&Tensor>,
         micros: &Micros,
+        frames: i64,
         trace: &mut Trace,
         prefix: &str,
     ) -> Tensor {
         let mut temb = self.time.forward(times);
         trace.put(prefix, "temb_layer2", &temb);
-        if let Some(c) = cond_emb {
-            temb = temb + c;
-        }
         for (m, mlp) in &self.micro {
             let v = match micros.get(&m.key) {
                 Some(v) => v.to_kind(tch::Kind::Float),
@@ -300,7 +305,13 @@ impl UNetLevel {
             trace.put(prefix, &format!("cond_layers.{}.1", m.key), &e);
             temb = temb + e;
         }
-        temb
+        if frames > 1 {
+            temb = temb.repeat_interleave_self_int(frames, Some(0), None);
+        }
+        match cond_emb {
+            Some(c) => temb + c,
+            None => temb,
+        }
     }
 
     /// One level's forward (ml-mdm's `forward_denoising`). `x_t` holds this level's input and
@@ -317,11 +328,12 @@ impl UNetLevel {
         mask: Option<&Tensor>,
         micros: &Micros,
         train: bool,
+        frames: i64,
         trace: &mut Trace,
         prefix: &str,
     ) -> (Vec<Tensor>, Tensor) {
-        // 1. time embedding (full batch), then this level's share of the batch.
-        let temb_full = self.time_embedding(times, cond_emb, micros, trace, prefix);
+        // 1. time embedding (full batch; per frame for clips), then this level's share of it.
+        let temb_full = self.time_embedding(times, cond_emb, micros, frames, trace, prefix);
         let bh = x_t[0].size()[0];
         let temb = temb_full.narrow(0, 0, bh);
         let cond_h = cond.map(|c| c.narrow(0, 0, bh));
@@ -331,6 +343,7 @@ impl UNetLevel {
             cond: cond_h.as_ref(),
             cond_mask: mask_h.as_ref(),
             train,
+            frames,
         };
 
         // 2. input layer (outer nested levels may normalise their input).
@@ -382,6 +395,7 @@ impl UNetLevel {
                 mask,
                 micros,
                 train,
+                frames,
                 trace,
                 &ip,
             );

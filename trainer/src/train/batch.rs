@@ -19,6 +19,9 @@ pub struct TrainBatch {
     pub cond: Conditioning,
     /// Sample ids in group order.
     pub ids: Vec<String>,
+    /// Frames per sample: a video clip's frames are consecutive rows of its group (1 for
+    /// images); `cond` has one row per sample.
+    pub frames: i64,
 }
 
 impl TrainBatch {
@@ -31,13 +34,18 @@ impl TrainBatch {
     }
 }
 
-/// Converts `batch`; `sides` are the model's level sides, outermost first.
-pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, device: Device) -> Result<TrainBatch> {
+/// Converts `batch`; `sides` are the model's level sides, outermost first; `frames` the
+/// clip length a video model expects (1: an image model).
+pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, frames: i64, device: Device) -> Result<TrainBatch> {
     let mut order = vec![];
     let mut groups = vec![];
     for (res, px) in &batch.pixels {
-        if px.frames.is_some() {
-            return Err(Error::input("video batches cannot train an image model (video training is not built yet)"));
+        match (px.frames, frames) {
+            (None, 1) => {}
+            (Some(f), _) if f as i64 == frames && frames > 1 => {}
+            (Some(_), 1) => return Err(Error::input("the loader gave video clips: an image model cannot train on them")),
+            (None, _) => return Err(Error::input("the loader gave images: a video model trains on video shards")),
+            (Some(f), _) => return Err(Error::input(format!("the loader gave clips of {f} frames, the run expects {frames}"))),
         }
         if !sides.contains(res) {
             return Err(Error::input(format!("the loader gave {res}² samples; the model's levels are {sides:?}")));
@@ -49,7 +57,8 @@ pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, device: Device) 
         let t = match batch.pixels.get(side) {
             Some(px) if n > 0 => {
                 order.extend(px.rows.iter().copied());
-                Tensor::from_slice(&px.data).view([n as i64, 3, s, s]).to_device(device)
+                // Clips (n, T, 3, S, S) fold into (n·T, 3, S, S), each clip's frames consecutive.
+                Tensor::from_slice(&px.data).view([n as i64 * frames, 3, s, s]).to_device(device)
             }
             _ => Tensor::zeros([0, 3, s, s], (Kind::Uint8, device)),
         };
@@ -84,7 +93,7 @@ pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, device: Device) 
             }
         }
     };
-    Ok(TrainBatch { groups, cond, ids: order.iter().map(|&r| batch.ids[r].clone()).collect() })
+    Ok(TrainBatch { groups, cond, ids: order.iter().map(|&r| batch.ids[r].clone()).collect(), frames })
 }
 
 /// (B,T,D) float states and (B,T) float mask; a sample without an embedding gets the null

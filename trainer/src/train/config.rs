@@ -128,6 +128,10 @@ pub struct DataConfig {
     pub workers: Option<usize>,
     #[serde(default = "d_prefetch")]
     pub prefetch: usize,
+    /// Frames per clip for video models (the clip's first ones; shorter clips repeat their
+    /// last). Default 16; image models take none.
+    #[serde(default)]
+    pub frames: Option<u64>,
 }
 
 /// AdamW with linear warmup, gradient clipping and an EMA of the weights.
@@ -256,6 +260,8 @@ pub struct Resolved {
     pub sides: Vec<u32>,
     /// The loader's resolution ratio: (side, share) per level that receives samples.
     pub ratio: Vec<(u32, f64)>,
+    /// Frames per sample: clip length for video models, 1 for image models.
+    pub frames: i64,
 }
 
 fn bad(field: &str, msg: impl Into<String>) -> Error {
@@ -373,7 +379,20 @@ impl TrainConfig {
                 parse_ratio(s, &sides)?
             }
         };
-        Ok(Resolved { config: self, model, cond, sides, ratio })
+        let frames = match (model.is_video(), d.frames) {
+            (false, None) => 1,
+            (false, Some(_)) => return Err(bad("data.frames", "only video models (temporal_mode) take clips")),
+            (true, None) => 16,
+            (true, Some(f)) if (1..=1024).contains(&f) => f as i64,
+            (true, Some(f)) => return Err(bad("data.frames", format!("{f} is not in 1..=1024"))),
+        };
+        if model.is_video() && model.diffusion().mixed_ratio.is_some() {
+            return Err(bad(
+                "model.diffusion_config.mixed_ratio",
+                "video models split batches by clip: use data.mixed_ratio (the loader's) instead",
+            ));
+        }
+        Ok(Resolved { config: self, model, cond, sides, ratio, frames })
     }
 }
 

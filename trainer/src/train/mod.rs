@@ -86,6 +86,9 @@ pub struct Trainer {
     samples: u64,
     stop: Arc<AtomicBool>,
     config_toml: String,
+    /// Text runs: the T5 states of the first samples this process trained on, which the
+    /// TensorBoard sample grids use as their prompts.
+    sample_text: Option<crate::model::Conditioning>,
 }
 
 impl Trainer {
@@ -164,7 +167,7 @@ impl Trainer {
                 loader.epoch_len()
             );
         }
-        Ok(Trainer { run, vs, model, diffusion, opt, loader, device, logger, samples, stop, config_toml })
+        Ok(Trainer { run, vs, model, diffusion, opt, loader, device, logger, samples, stop, config_toml, sample_text: None })
     }
 
     /// Trains up to `run.steps` (or until SIGINT/SIGTERM, or `stop_after` steps); writes
@@ -227,10 +230,13 @@ impl Trainer {
                 .ok_or_else(|| Error::input("the loader stopped"))?
                 .map_err(|e| Error::input(format!("loader: {e}")))?;
             tch::manual_seed(step_seed(cfg.run.seed, step, micro));
-            let tb = batch::to_tensors(&batch, &self.run.sides, self.run.cond, self.device)?;
+            let tb = batch::to_tensors(&batch, &self.run.sides, self.run.cond, self.run.frames, self.device)?;
             self.samples += tb.len() as u64;
+            if self.sample_text.is_none() && matches!(tb.cond, crate::model::Conditioning::Text { .. }) {
+                self.sample_text = Some(tb.cond.narrow(self.run.config.sample.count.min(tb.len() as i64)));
+            }
             let cond = batch::cfg_dropout(tb.cond, cfg.data.cfg_dropout, self.model.null_class())?;
-            let (l, levels) = forward_backward(&self.model, &self.diffusion, &tb.groups, &cond)?;
+            let (l, levels) = forward_backward(&self.model, &self.diffusion, &tb.groups, &cond, tb.frames)?;
             loss += l;
             for (acc, t) in per_level.iter_mut().zip(levels) {
                 *acc += t;
@@ -275,7 +281,8 @@ impl Trainer {
     }
 
     /// A sample grid of the EMA (or current) weights into TensorBoard: classes 0..count for
-    /// class models, the null (unconditional) condition for text and unconditional models.
+    /// class models, the captions of the first samples trained on for text models. Video
+    /// models show the first clip's frames, one column per frame.
     fn log_samples(&mut self) -> Result<()> {
         let sc = self.run.config.sample.clone();
         let _g = tch::no_grad_guard();
@@ -285,25 +292,35 @@ impl Trainer {
             self.opt.master.copy_(e);
             self.opt.sync_working();
         }
-        let cond = self.sample_condition(sc.count)?;
+        let (cond, n) = self.sample_condition(sc.count)?;
+        let frames = self.run.frames;
         let opts = SampleOptions {
             steps: Some(sc.steps),
             ddim_eta: Some(0.0),
             guidance_scale: sc.guidance,
             threshold: None,
+            frames,
         };
         let seed = step_seed(self.run.config.run.seed, self.opt.step, u64::MAX - 1) as u64;
-        let result = sample_levels(&self.model, &self.diffusion, &self.run.sides, &cond, sc.count, seed, &opts, self.device);
+        let result = sample_levels(&self.model, &self.diffusion, &self.run.sides, &cond, n, seed, &opts, self.device);
         self.opt.master.copy_(&backup);
         self.opt.sync_working();
-        let levels = result?;
+        let mut levels = result?;
+        if frames > 1 {
+            levels = levels.iter().map(|l| l.narrow(0, 0, frames)).collect();
+        }
         let (w, h, rgb) = grid(&levels)?;
         self.logger.image(self.opt.step, "samples", w, h, png_bytes(w, h, rgb)?)
     }
 
-    fn sample_condition(&self, n: i64) -> Result<crate::model::Conditioning> {
+    /// The condition of the TensorBoard samples and their count.
+    fn sample_condition(&self, n: i64) -> Result<(crate::model::Conditioning, i64)> {
         use crate::model::Conditioning;
-        Ok(match self.run.cond {
+        if let Some(Conditioning::Text { tokens, mask }) = &self.sample_text {
+            let t = Conditioning::Text { tokens: tokens.shallow_clone(), mask: mask.shallow_clone() };
+            return Ok((t, tokens.size()[0]));
+        }
+        let cond = match self.run.cond {
             config::CondKind::Class => {
                 let classes = self.model.null_class().unwrap_or(1);
                 Conditioning::Class(Tensor::arange(n, (Kind::Int64, self.device)).remainder(classes))
@@ -320,24 +337,28 @@ impl Trainer {
                     None,
                 )?
             }
-        })
+        };
+        Ok((cond, n))
     }
 }
 
 /// One micro-batch: draws times and noise (libtorch's RNG), runs the model (which computes
 /// in its own kind: bf16 for bf16 runs), backpropagates the batch-mean loss. Returns the loss
-/// and its per-level parts.
+/// and its per-level parts. For video (`frames` > 1) the groups hold clips' frames: one t
+/// per clip, its own noise per frame, the loss averaged over frames.
 pub fn forward_backward(
     model: &MdmUNet,
     diffusion: &NestedDiffusion,
     groups: &[Tensor],
     cond: &crate::model::Conditioning,
+    frames: i64,
 ) -> Result<(f64, Vec<f64>)> {
-    let b = groups.iter().map(|g| g.size()[0]).sum::<i64>();
+    let rows = groups.iter().map(|g| g.size()[0]).sum::<i64>();
     let device = groups[0].device();
-    let time = Tensor::randint(diffusion.schedule.steps, [b], (Kind::Int64, device));
+    let clip_time = Tensor::randint(diffusion.schedule.steps, [rows / frames], (Kind::Int64, device));
+    let time = if frames > 1 { clip_time.repeat_interleave_self_int(frames, Some(0), None) } else { clip_time.shallow_clone() };
     let inputs = diffusion.inputs_grouped(groups, &time)?;
-    let preds = model.forward(&diffusion.model_inputs(&inputs), &inputs.time, cond, &Micros::new(), true)?;
+    let preds = model.forward_frames(&diffusion.model_inputs(&inputs), &clip_time, cond, &Micros::new(), true, frames)?;
     let terms = diffusion.loss(&inputs, &preds)?;
     let l = terms.total.mean(Kind::Float);
     l.backward();
@@ -360,6 +381,7 @@ pub fn build_loader(run: &Resolved, state: Option<mdm_loader::LoaderState>) -> R
         .random_flip(d.random_flip)
         .captions(false)
         .text(run.cond == config::CondKind::Text)
+        .video_frames(run.frames.max(1) as usize)
         .resume(state);
     if let Some(w) = d.workers {
         b.workers(w);
@@ -395,18 +417,28 @@ fn check_same_run(dir: &std::path::Path, run: &Resolved) -> Result<()> {
 fn grow(vs: &VarStore, model: &MdmUNet, p: &config::ProgressiveConfig, quiet: bool) -> Result<()> {
     let dir = checkpoint::resolve(&p.grow_from)?;
     let lower = config::TrainConfig::load(&dir.join("config.toml"))?;
-    let added = model.num_levels().checked_sub(lower.sides.len()).filter(|a| *a > 0).ok_or_else(|| {
-        Error::Input {
+    let video_from_image = model.config().is_video() && !lower.model.is_video();
+    let added = model
+        .num_levels()
+        .checked_sub(lower.sides.len())
+        .filter(|a| *a > 0 || video_from_image)
+        .ok_or_else(|| Error::Input {
             path: Some(dir.clone()),
             msg: format!(
-                "a stage with {} levels cannot grow into one with {}",
+                "a stage with {} levels cannot grow into one with {} (an image stage may also initialise a video model of as many levels)",
                 lower.sides.len(),
                 model.num_levels()
             ),
-        }
-    })?;
+        })?;
+    if lower.model.is_video() && !model.config().is_video() {
+        return Err(Error::Input { path: Some(dir.clone()), msg: "a video stage cannot initialise an image model".into() });
+    }
     let weights = checkpoint::weights_file(&dir, p.use_ema);
-    let report = crate::growth::grow_from(vs, &weights, added)?;
+    let report = if video_from_image {
+        crate::growth::inflate_from(vs, &weights, added)?
+    } else {
+        crate::growth::grow_from(vs, &weights, added)?
+    };
     if !quiet {
         eprintln!(
             "grown from {}: {} tensors loaded under {:?}, {} fresh ({} adapters zeroed)",
