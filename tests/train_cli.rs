@@ -117,3 +117,78 @@ fn sigterm_checkpoints_and_resume_finishes() {
     let lines = std::fs::read_to_string(&losses).expect("losses").lines().count() as u64;
     assert_eq!(lines, step + 2);
 }
+
+/// Four moving-pattern videos and a WebVid CSV → `ingest webvid --t5` (4 frames of 32²).
+fn video_shards(dir: &Path) -> std::path::PathBuf {
+    let videos = dir.join("videos");
+    std::fs::create_dir_all(&videos).expect("mkdir");
+    let mut csv = String::from("videoid,contentUrl,duration,page_dir,name\n");
+    for (i, (src, caption)) in [("testsrc", "a test card"), ("testsrc2", "a colourful test card"), ("rgbtestsrc", "red green blue bars"), ("smptebars", "smpte colour bars")]
+        .iter()
+        .enumerate()
+    {
+        let st = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("{src}=size=64x48:rate=10:duration=2"))
+            .args(["-vf", "scroll=horizontal=0.02", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"])
+            .arg(videos.join(format!("{}.mp4", 100 + i)))
+            .status()
+            .expect("the ffmpeg tool (scripts/setup.sh installs it)");
+        assert!(st.success());
+        csv.push_str(&format!("{},https://example.com/{i}.mp4,PT00H00M02S,p,{caption}\n", 100 + i));
+    }
+    std::fs::write(dir.join("results.csv"), csv).expect("csv");
+    if !dir.join("t5").exists() {
+        ok(&["make-tiny-t5", s(&dir.join("t5"))]);
+    }
+    let shards = dir.join("video-shards");
+    ok(&[
+        "ingest", "webvid", "--csv", s(&dir.join("results.csv")), "--videos", s(&videos), "--out", s(&shards),
+        "--frames", "4", "--fps", "4", "--resolution", "32", "--t5", s(&dir.join("t5")), "--t5-device", "cpu", "--quiet",
+    ]);
+    shards
+}
+
+/// A text-to-video run grown from a text image run (inflation), then an animated GIF sample.
+#[test]
+fn video_run_grown_from_an_image_run_then_sample_a_gif() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    // The image stage: tiny_32x32 on text shards, 2 steps.
+    let image_shards = text_shards(dir);
+    let cfg = text_config(dir, &image_shards, 2, 2);
+    ok(&["train", "--config", s(&cfg), "--quiet"]);
+
+    let shards = video_shards(dir);
+    let text = format!(
+        "model_file = {:?}\n\n[run]\nout = \"video-run\"\nsteps = 3\ndevice = \"cpu\"\nthreads = 1\nlog_every = 1\ncheckpoint_every = 3\n\n[data]\nshards = [{:?}]\nbatch_size = 2\nframes = 4\nworkers = 1\n\n[optim]\nlr = 1e-3\n\n[progressive]\ngrow_from = \"run\"\n",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/tiny_video_32x32.toml"),
+        s(&shards)
+    );
+    let vcfg = dir.join("video.toml");
+    std::fs::write(&vcfg, text).expect("config");
+    let out = ok(&["train", "--config", s(&vcfg)]);
+    assert!(out.contains("grown from") && out.contains("finished at step 3"), "{out}");
+    let saved = std::fs::read_to_string(dir.join("video-run/config.toml")).expect("saved config");
+    assert!(saved.contains("frames = 4") && saved.contains("temporal_mode = true"), "{saved}");
+
+    let gif = dir.join("clips.gif");
+    let out = ok(&[
+        "sample", "--checkpoint", s(&dir.join("video-run")), "--prompt", "a test card", "--t5", s(&dir.join("t5")),
+        "--count", "2", "--steps", "3", "--sampler", "ddim", "--fps", "4", "--out", s(&gif),
+    ]);
+    assert!(out.contains("1 levels [32] × 2 clips of 4 frames at 4 fps"), "{out}");
+    use image::AnimationDecoder;
+    let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(std::fs::File::open(&gif).expect("gif")))
+        .expect("decode")
+        .into_frames()
+        .collect_frames()
+        .expect("frames");
+    assert_eq!(frames.len(), 4);
+    // Two 32² cells with 2 px gaps, one row (one level).
+    assert_eq!(frames[0].buffer().dimensions(), (2 * 32 + 3 * 2, 32 + 2 * 2));
+    assert_eq!(frames[0].delay().numer_denom_ms(), (250, 1));
+    // A video model asked for a PNG is refused.
+    let o = mdm(&["sample", "--checkpoint", s(&dir.join("video-run")), "--prompt", "x", "--t5", s(&dir.join("t5")), "--out", s(&dir.join("x.png"))]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(".gif"));
+}

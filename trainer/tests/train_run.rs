@@ -368,13 +368,35 @@ fn every_preset_validates() {
         }
         n += 1;
     }
-    assert!(n >= 7, "only {n} presets");
+    assert!(n >= 9, "only {n} presets");
     // The published stages chain: 64 → 256 → 1024 sides.
     let side = |name: &str| TrainConfig::load(&dir.join(name)).unwrap().sides;
     assert_eq!(side("cc12m_64.toml"), vec![64]);
     assert_eq!(side("cc12m_256.toml"), vec![256, 64]);
     assert_eq!(side("cc12m_1024.toml"), vec![1024, 256, 64]);
     assert_eq!(side("imagenet_256.toml"), vec![256, 64]);
+    let video = TrainConfig::load(&dir.join("webvid_64.toml")).unwrap();
+    assert!(video.model.is_video() && video.frames == 16 && video.sides == vec![64]);
+    assert_eq!(TrainConfig::load(&dir.join("cc12m_64.toml")).unwrap().frames, 1);
+}
+
+/// The WebVid model is the cc12m 64² model plus temporal attention: the image stage's every
+/// tensor fits it, and the only new ones are the temporal blocks (what inflation needs).
+#[test]
+fn cc12m_64_inflates_into_webvid_64() {
+    use mdm_trainer::config::ModelConfig;
+    use mdm_trainer::model::parameter_shapes;
+    let image = parameter_shapes(&ModelConfig::from_file(format!("{MODELS}/cc12m_64x64.toml")).unwrap()).unwrap();
+    let video = parameter_shapes(&ModelConfig::from_file(format!("{MODELS}/webvid_64x64.toml")).unwrap()).unwrap();
+    let video: BTreeMap<String, Vec<i64>> = video.into_iter().map(|(k, s, _)| (k, s)).collect();
+    for (k, shape, _) in &image {
+        assert_eq!(video.get(k), Some(shape), "{k}");
+    }
+    let new: Vec<&String> = video.keys().filter(|k| !image.iter().any(|(i, _, _)| i == *k)).collect();
+    assert!(!new.is_empty() && new.iter().all(|k| k.contains(".t_attn.")), "{new:?}");
+    // Temporal blocks after every ResNet at 32² and 16², down and up: 2 + 2 + 3 + 3 blocks.
+    let blocks: std::collections::BTreeSet<String> = new.iter().map(|k| k.split(".t_attn.").next().unwrap().to_string() + &k.split(".t_attn.").nth(1).unwrap()[..1]).collect();
+    assert_eq!(blocks.len(), 10, "{blocks:?}");
 }
 
 #[test]
