@@ -212,7 +212,9 @@ pub struct TemporalAttention {
     norm: nn::LayerNorm,
     qkv: nn::Linear,
     proj_out: nn::Linear,
-    freqs: Option<Tensor>,
+    /// Rotary frame positions; the frequencies are recomputed in fp32 (the stored
+    /// `pos_emb.freqs` is ml-mdm's non-trained copy, which a bf16 run would round).
+    rotary: bool,
     mlp_norm: nn::LayerNorm,
     mlp_in: nn::Linear,
     mlp_out: nn::Linear,
@@ -225,18 +227,17 @@ impl TemporalAttention {
         let a = p / "attn";
         let m = p / "mlp" / "main";
         let heads = channels / TEMPORAL_HEAD_CHANNELS;
-        let freqs = pos_emb.then(|| {
+        if pos_emb {
             // A parameter in ml-mdm's state dict (`requires_grad=False`): stored, not trained.
             let f = (&a / "pos_emb").zeros_no_train("freqs", &[TEMPORAL_HEAD_CHANNELS / 2]);
             tch::no_grad(|| f.shallow_clone().copy_(&rotary_freqs(TEMPORAL_HEAD_CHANNELS)));
-            f
-        });
+        }
         TemporalAttention {
             down_conv: super::conv3(&(p / "down_conv"), channels, channels, 2, false),
             norm: nn::layer_norm(&a / "norm", vec![channels], Default::default()),
             qkv: nn::linear(&a / "qkv", channels, 3 * channels, super::lin()),
             proj_out: nn::linear(&a / "proj_out", channels, channels, zero_linear()),
-            freqs,
+            rotary: pos_emb,
             mlp_norm: nn::layer_norm(&m / 0, vec![channels], Default::default()),
             mlp_in: nn::linear(&m / 1, channels, 4 * channels, super::lin()),
             mlp_out: nn::linear(&m / 3, 4 * channels, channels, zero_linear()),
@@ -253,7 +254,8 @@ impl TemporalAttention {
         // (b t) c h w -> (b h w) t c
         let s = h.reshape([b, frames, c, hh, ww]).permute([0, 3, 4, 1, 2]).reshape([b * hh * ww, frames, c]);
         let qkv = self.qkv.forward(&self.norm.forward(&s)).chunk(3, -1);
-        let a = attend_seq(&qkv[0], &qkv[1], &qkv[2], self.heads, self.freqs.as_ref());
+        let freqs = self.rotary.then(|| rotary_freqs(TEMPORAL_HEAD_CHANNELS).to_device(x.device()));
+        let a = attend_seq(&qkv[0], &qkv[1], &qkv[2], self.heads, freqs.as_ref());
         let s = &s + self.proj_out.forward(&a);
         let s = &s + self.mlp_out.forward(&self.mlp_in.forward(&self.mlp_norm.forward(&s)).gelu("none"));
         // (b h w) t c -> (b t) c h w
