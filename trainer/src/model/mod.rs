@@ -283,8 +283,7 @@ impl MdmUNet {
         micros: &Micros,
         train: bool,
     ) -> Result<Vec<Tensor>> {
-        let mut trace = Trace::default();
-        self.forward_traced(x_t, times, cond, micros, train, 1, &mut trace)
+        self.forward_frames(x_t, times, cond, micros, train, 1)
     }
 
     /// [`MdmUNet::forward`] for video clips of `frames` frames: `x_t[i]` holds the frames of
