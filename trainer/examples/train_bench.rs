@@ -3,10 +3,18 @@
 //! Times full optimizer steps (forward, backward, clip 2.0, AdamW, EMA) of `mdm train`'s step
 //! (`forward_backward` + `FlatOptimizer`) and, as the same-process baseline, the same
 //! forward/backward with libtorch's per-tensor AdamW (`tch::nn::AdamW`, what a plain tch
-//! trainer uses). Prints one JSON line per variant: median step time, img/s, peak memory.
+//! trainer uses). Prints one JSON line per variant: median step time, img/s, peak memory, and
+//! the model FLOPs of a step ([`mdm_trainer::flops`]: 3 × the forward's conv, linear and
+//! attention-matmul FLOPs), the achieved TFLOP/s and the MFU against `--peak-tflops`.
 //!
 //! cargo run --release -p mdm-trainer --example train_bench -- \
 //!     --model configs/models/cc12m_64x64.toml --batch 32 --steps 20 --precision bf16
+//!
+//! Video models (`temporal_mode`): `--frames N` times clips of N frames, `--batch` clips.
+//!
+//! `--peak-tflops X`: the accelerator's peak for the MFU. Default on CUDA: 989 (H100 SXM dense
+//! bf16; the H200 has the same 989); pass 312 for an A100 (bf16 dense), or the figure of
+//! your GPU. On CPU the MFU is printed only when `--peak-tflops` is given.
 
 use std::time::Instant;
 
@@ -28,6 +36,8 @@ struct Args {
     precision: Precision,
     device: Device,
     baseline: bool,
+    frames: i64,
+    peak_tflops: Option<f64>,
 }
 
 fn parse() -> Args {
@@ -41,6 +51,8 @@ fn parse() -> Args {
         precision: Precision::F32,
         device: Device::cuda_if_available(),
         baseline: true,
+        frames: 1,
+        peak_tflops: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -66,6 +78,8 @@ fn parse() -> Args {
                 }
             }
             "--no-baseline" => a.baseline = false,
+            "--frames" => a.frames = v().parse().expect("--frames N"),
+            "--peak-tflops" => a.peak_tflops = Some(v().parse().expect("--peak-tflops X")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -99,7 +113,12 @@ fn main() {
         let s = inner.micros.iter().find(|m| m.key == "scale").map_or(64.0, |m| m.default) as i64;
         s * scales[0]
     };
-    let mut groups = vec![Tensor::rand([a.batch, 3, side, side], (Kind::Float, a.device)) * 2.0 - 1.0];
+    if a.frames < 1 || (a.frames > 1 && !cfg.is_video()) {
+        panic!("--frames {}: only a video model (temporal_mode) takes clips of more than one frame", a.frames);
+    }
+    // Clips ride in the batch as frames: (B·frames, 3, S, S), conditioning per clip (B).
+    let rows = a.batch * a.frames;
+    let mut groups = vec![Tensor::rand([rows, 3, side, side], (Kind::Float, a.device)) * 2.0 - 1.0];
     for s in &scales[1..] {
         groups.push(Tensor::zeros([0, 3, side / scales[0] * s, side / scales[0] * s], (Kind::Float, a.device)));
     }
@@ -111,6 +130,20 @@ fn main() {
         },
         None => Conditioning::None,
     };
+    // Model FLOPs of a step: every level sees every sample (all of them are in groups[0]).
+    let tokens = match &cond {
+        Conditioning::Text { .. } => a.tokens,
+        Conditioning::Class(_) => 1,
+        Conditioning::None => 0,
+    };
+    let sides = mdm_trainer::flops::level_sides(&cfg, side);
+    let flops = mdm_trainer::flops::forward_flops(&cfg, &sides, &vec![a.batch; sides.len()], tokens, a.frames)
+        .expect("flop count");
+    let tflop_per_step = flops.training_step() as f64 / 1e12;
+    let peak = a.peak_tflops.or(match a.device {
+        Device::Cuda(_) => Some(989.0),
+        _ => None,
+    });
     let variants: &[&str] = if a.baseline { &["mdm", "tch-adamw"] } else { &["mdm"] };
     for variant in variants {
         tch::manual_seed(0);
@@ -119,13 +152,13 @@ fn main() {
         let diffusion = NestedDiffusion::for_model(&model, &cfg.diffusion(), a.device).expect("diffusion");
         let ocfg = OptimConfig::default();
         let mut times = vec![];
-        let (groups, cond) = (&groups, &cond);
+        let (groups, cond, frames) = (&groups, &cond, a.frames);
         let mut step_fn: Box<dyn FnMut() + '_> = if *variant == "mdm" {
             let working = (a.precision == Precision::Bf16).then_some(Kind::BFloat16);
             let mut opt = FlatOptimizer::new(&vs, &ocfg, working).expect("optimizer");
             Box::new(move || {
                 opt.zero_grad();
-                forward_backward(&model, &diffusion, groups, cond, 1).expect("step");
+                forward_backward(&model, &diffusion, groups, cond, frames).expect("step");
                 opt.step(1.0).expect("finite");
             })
         } else {
@@ -137,7 +170,7 @@ fn main() {
                 .expect("adamw");
             Box::new(move || {
                 opt.zero_grad();
-                forward_backward(&model, &diffusion, groups, cond, 1).expect("step");
+                forward_backward(&model, &diffusion, groups, cond, frames).expect("step");
                 opt.clip_grad_norm(ocfg.clip_grad_norm);
                 opt.step();
             })
@@ -153,14 +186,23 @@ fn main() {
         }
         times.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
         let median = times[times.len() / 2];
-        println!(
-            "{}",
-            serde_json::json!({
-                "variant": variant, "model": a.model, "batch": a.batch, "side": side,
-                "precision": format!("{:?}", a.precision), "device": format!("{:?}", a.device),
-                "threads": tch::get_num_threads(), "steps": a.steps, "median_step_s": median,
-                "img_per_s": a.batch as f64 / median, "peak_rss_mb": peak_rss_mb(),
-            })
-        );
+        let achieved = tflop_per_step / median;
+        let mut line = serde_json::json!({
+            "variant": variant, "model": a.model, "batch": a.batch, "side": side,
+            "precision": format!("{:?}", a.precision), "device": format!("{:?}", a.device),
+            "threads": tch::get_num_threads(), "steps": a.steps, "median_step_s": median,
+            "img_per_s": a.batch as f64 / median, "peak_rss_mb": peak_rss_mb(),
+            "tflop_per_step": tflop_per_step, "achieved_tflops": achieved,
+        });
+        if a.frames > 1 {
+            // `batch` and `img_per_s` count clips; these count frames.
+            line["frames"] = a.frames.into();
+            line["frames_per_s"] = (rows as f64 / median).into();
+        }
+        if let Some(p) = peak {
+            line["peak_tflops"] = p.into();
+            line["mfu"] = (achieved / p).into();
+        }
+        println!("{line}");
     }
 }

@@ -41,6 +41,7 @@ pub mod config;
 pub mod cuda;
 pub mod diffusion;
 pub mod error;
+pub mod flops;
 pub mod growth;
 pub mod model;
 pub mod run;
