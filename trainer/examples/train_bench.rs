@@ -102,8 +102,12 @@ fn sync(d: Device) {
 
 fn main() {
     // Before the first CUDA query (see `mdm_trainer::cuda`).
-    let _ = mdm_trainer::cuda::load_torch_cuda();
+    let loaded = mdm_trainer::cuda::load_torch_cuda();
     let a = parse();
+    if matches!(a.device, Device::Cuda(_)) && !tch::Cuda::is_available() {
+        eprintln!("train_bench: --device cuda but libtorch sees no CUDA device ({loaded:?}); put the GPU torch's lib/ on LD_LIBRARY_PATH");
+        std::process::exit(2);
+    }
     let cfg = ModelConfig::from_file(&a.model).expect("model config");
     let inner = cfg.top.innermost();
     let scales = cfg.top.scales();
