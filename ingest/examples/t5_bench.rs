@@ -1,4 +1,5 @@
-//! T5 encoder throughput (real tokens/s) for three batching strategies, and bytes per caption
+//! T5 encoder throughput (real tokens/s) for three batching strategies (plus what
+//! `TextEncoder` runs: length-sorted with the linear layers on real tokens only), and bytes per caption
 //! ragged vs padded. Not a test. Run with
 //! `cargo run --release -p mdm-ingest --example t5_bench -- [FLAGS]`:
 //!
@@ -255,19 +256,22 @@ fn pad_batch(rows: &[&Vec<i64>], t: usize, dev: Device) -> (Tensor, Tensor) {
 }
 
 /// Runs `rows` in batches of `batch`, each padded to `pad(batch_rows)`; returns seconds.
-/// Reading one scalar of each output synchronises (CUDA) and keeps the work from being lazy.
+/// `packed`: [`T5Encoder::forward_packed`] (what `TextEncoder` runs: linear layers on the
+/// real tokens only). Reading one scalar of each output synchronises (CUDA) and keeps the
+/// work from being lazy.
 fn run(
     enc: &T5Encoder,
     rows: &[Vec<i64>],
     batch: usize,
     dev: Device,
+    packed: bool,
     pad: &dyn Fn(&[&Vec<i64>]) -> usize,
 ) -> f64 {
     let t0 = Instant::now();
     for chunk in rows.chunks(batch) {
         let refs: Vec<&Vec<i64>> = chunk.iter().collect();
         let (ids, mask) = pad_batch(&refs, pad(&refs), dev);
-        let out = enc.forward(&ids, &mask).expect("forward");
+        let out = if packed { enc.forward_packed(&ids, &mask) } else { enc.forward(&ids, &mask) }.expect("forward");
         let _ = out.sum(Kind::Float).double_value(&[]);
     }
     t0.elapsed().as_secs_f64()
@@ -385,8 +389,9 @@ fn main() {
     // Warm-up: one batch of each padded length the strategies will see is too many; one
     // padded-128 batch and one batch-max batch warm the allocator and the kernels.
     let w = &rows[..a.batch.min(rows.len())];
-    run(&enc, w, a.batch, dev, &|_| 128);
-    run(&enc, w, a.batch, dev, &batch_max);
+    run(&enc, w, a.batch, dev, false, &|_| 128);
+    run(&enc, w, a.batch, dev, false, &batch_max);
+    run(&enc, w, a.batch, dev, true, &batch_max);
 
     let mut sorted = Vec::with_capacity(rows.len());
     for w in rows.chunks(a.window) {
@@ -395,14 +400,17 @@ fn main() {
         sorted.extend(w);
     }
     let best = |f: &dyn Fn() -> f64| (0..a.repeat).map(|_| f()).fold(f64::INFINITY, f64::min);
-    let pad128 = best(&|| run(&enc, &rows, a.batch, dev, &|_| 128));
-    let bmax = best(&|| run(&enc, &rows, a.batch, dev, &batch_max));
-    let lsorted = best(&|| run(&enc, &sorted, a.batch, dev, &batch_max));
+    let pad128 = best(&|| run(&enc, &rows, a.batch, dev, false, &|_| 128));
+    let bmax = best(&|| run(&enc, &rows, a.batch, dev, false, &batch_max));
+    let lsorted = best(&|| run(&enc, &sorted, a.batch, dev, false, &batch_max));
+    let packed = best(&|| run(&enc, &sorted, a.batch, dev, true, &batch_max));
     let sorted_name = format!("length-sorted (window {})", a.window);
+    let packed_name = format!("sorted+packed (window {})", a.window);
     for (name, s) in [
         ("padded-128", pad128),
         ("batch-max", bmax),
         (sorted_name.as_str(), lsorted),
+        (packed_name.as_str(), packed),
     ] {
         println!(
             "ours {name:>28}: {:>9.0} real tokens/s  ({:.2} s)",

@@ -61,6 +61,12 @@ fn hidden_states_and_debug_tensors_match_hf_fp32() {
                 max_abs_diff(&out, &read_tensor(&io, "last_hidden_state")),
             ),
         ];
+        // Packed rows (linear layers on real tokens only) equal the padded pass there.
+        let packed = enc.forward_packed(&ids, &mask).unwrap();
+        let real = mask.reshape([-1]).nonzero().squeeze_dim(1);
+        let at_real = out.reshape([-1, out.size()[2]]).index_select(0, &real);
+        assert_eq!(packed.size(), at_real.size());
+        diffs.push(("forward_packed vs forward", max_abs_diff(&packed, &at_real)));
         let masked = &out * mask.unsqueeze(-1).to_kind(Kind::Float);
         diffs.push((
             "last_hidden_state_masked",

@@ -314,7 +314,8 @@ impl TextEncoder {
         Ok(out)
     }
 
-    /// One padded forward pass; returns each row's real-token states.
+    /// One forward pass (linear layers on the real tokens only, attention padded to the
+    /// longest row); returns each row's real-token states.
     fn forward_rows(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>, T5Error> {
         let b = rows.len();
         let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -327,7 +328,8 @@ impl TextEncoder {
                 flat_mask[r * t + j] = 1;
             }
         }
-        self.stats.tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
+        let real: usize = rows.iter().map(|r| r.len()).sum();
+        self.stats.tokens += real as u64;
         self.stats.padded_tokens += (b * t) as u64;
         let dev = self.opts.device.device();
         let ids = Tensor::f_from_slice(&flat_ids)?
@@ -336,17 +338,22 @@ impl TextEncoder {
         let mask = Tensor::f_from_slice(&flat_mask)?
             .f_view([b as i64, t as i64])?
             .f_to_device(dev)?;
-        let hs = self.model.forward(&ids, &mask)?;
+        // [real, d], row after row (the rows are left-aligned).
+        let hs = self.model.forward_packed(&ids, &mask)?;
         let hs = hs
             .f_to_kind(Kind::Float)?
             .f_to_device(tch::Device::Cpu)?
             .f_contiguous()?;
-        let mut all = vec![0f32; b * t * d];
-        hs.f_copy_data(&mut all, b * t * d)?;
+        let mut all = vec![0f32; real * d];
+        hs.f_copy_data(&mut all, real * d)?;
+        let mut at = 0;
         Ok(rows
             .iter()
-            .enumerate()
-            .map(|(r, row)| all[r * t * d..(r * t + row.len()) * d].to_vec())
+            .map(|row| {
+                let s = all[at * d..(at + row.len()) * d].to_vec();
+                at += row.len();
+                s
+            })
             .collect())
     }
 }

@@ -287,7 +287,15 @@ impl T5Encoder {
     /// Last hidden states `[B, T, d_model]` (model dtype, padded positions computed too)
     /// for `ids` `[B, T]` (int64) and `mask` `[B, T]` (1 = token), both on the model's device.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, T5Error> {
-        self.forward_impl(ids, mask, None)
+        self.forward_impl(ids, mask, false, None)
+    }
+
+    /// The last hidden states of the real tokens only, `[N, d_model]` in row-major order of
+    /// `mask`'s ones (for left-aligned rows: row after row). Everything but the attention
+    /// runs on those N rows: padding costs nothing in the linear layers, which hold most of the
+    /// work. Equal to [`T5Encoder::forward`] at the real positions.
+    pub fn forward_packed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, T5Error> {
+        self.forward_impl(ids, mask, true, None)
     }
 
     /// [`T5Encoder::forward`] plus intermediate tensors.
@@ -297,14 +305,17 @@ impl T5Encoder {
             blocks: Vec::new(),
             position_bias: Tensor::new(),
         };
-        let out = self.forward_impl(ids, mask, Some(&mut dbg))?;
+        let out = self.forward_impl(ids, mask, false, Some(&mut dbg))?;
         Ok((out, dbg))
     }
 
+    /// Runs the blocks on rows: all B·T positions, or (`packed`) only the real ones, which the
+    /// attention scatters into the padded `[B, H, T, dk]` layout and gathers back from.
     fn forward_impl(
         &self,
         ids: &Tensor,
         mask: &Tensor,
+        packed: bool,
         mut dbg: Option<&mut T5Debug>,
     ) -> Result<Tensor, T5Error> {
         let _g = tch::no_grad_guard();
@@ -315,11 +326,28 @@ impl T5Encoder {
             )));
         };
         let (b, t) = (*b, *t);
+        if mask.size() != size {
+            return Err(T5Error::BadOption(format!(
+                "mask must be {size:?} like ids, got {:?}",
+                mask.size()
+            )));
+        }
         let kind = self.shared.kind();
         let (h, dk) = (self.cfg.num_heads as i64, self.cfg.d_kv as i64);
         let eps = self.cfg.layer_norm_epsilon;
 
-        let mut x = Tensor::f_embedding(&self.shared, ids, -1, false, false)?;
+        // Row i of the working tensors is position rows[i] of the flattened [B·T] batch.
+        let rows = if packed {
+            Some(mask.f_reshape([b * t])?.f_nonzero()?.f_squeeze_dim(1)?)
+        } else {
+            None
+        };
+        let flat_ids = ids.f_reshape([b * t])?;
+        let row_ids = match &rows {
+            Some(r) => flat_ids.f_index_select(0, r)?,
+            None => flat_ids,
+        };
+        let mut x = Tensor::f_embedding(&self.shared, &row_ids, -1, false, false)?; // [R, d]
         let pos = self.position_bias(t)?;
         // Padded keys: finfo(dtype).min added to the scores, as HF does.
         let neg = match kind {
@@ -334,12 +362,18 @@ impl T5Encoder {
             .f_mul_scalar(neg)?
             .f_view([b, 1, 1, t])?;
         let bias = pos.f_add(&mask_add)?; // [B, H, T, T]
+        let d_model = self.cfg.d_model as i64;
         if let Some(d) = dbg.as_deref_mut() {
-            d.embed = x.shallow_clone();
+            d.embed = x.f_view([b, t, d_model])?;
             d.position_bias = pos.shallow_clone();
         }
+        // [R, H·dk] rows → [B, H, T, dk] (padded positions of packed rows are zeros, and masked).
         let heads = |y: &Tensor| -> Result<Tensor, tch::TchError> {
-            y.f_view([b, t, h, dk])?.f_transpose(1, 2)
+            let full = match &rows {
+                Some(r) => Tensor::f_zeros([b * t, h * dk], (y.kind(), y.device()))?.f_index_copy(0, r, y)?,
+                None => y.shallow_clone(),
+            };
+            full.f_view([b, t, h, dk])?.f_transpose(1, 2)
         };
         for blk in &self.blocks {
             // Self-attention.
@@ -363,7 +397,11 @@ impl T5Encoder {
                 let p = scores.f_softmax(-1, Kind::Float)?.f_to_kind(kind)?;
                 p.f_matmul(&v)?
             };
-            let a = a.f_transpose(1, 2)?.f_reshape([b, t, h * dk])?;
+            let a = a.f_transpose(1, 2)?.f_reshape([b * t, h * dk])?;
+            let a = match &rows {
+                Some(r) => a.f_index_select(0, r)?,
+                None => a,
+            };
             x = x.f_add(&a.f_linear(&blk.o, None::<Tensor>)?)?;
             // Feed-forward.
             let n = rms_norm(&x, &blk.ln_ff, eps)?;
@@ -373,9 +411,14 @@ impl T5Encoder {
             }
             x = x.f_add(&hid.f_linear(&blk.wo, None::<Tensor>)?)?;
             if let Some(d) = dbg.as_deref_mut() {
-                d.blocks.push(x.shallow_clone());
+                d.blocks.push(x.f_view([b, t, d_model])?);
             }
         }
-        rms_norm(&x, &self.final_ln, eps)
+        let out = rms_norm(&x, &self.final_ln, eps)?;
+        if packed {
+            Ok(out)
+        } else {
+            Ok(out.f_view([b, t, d_model])?)
+        }
     }
 }
