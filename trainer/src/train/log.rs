@@ -29,6 +29,8 @@ pub struct Logger {
     tb: EventWriter<File>,
     tb_dir: PathBuf,
     quiet: bool,
+    /// "img" or, for video runs, "clips".
+    unit: &'static str,
 }
 
 fn tb_err(dir: &Path, e: tboard::Error) -> Error {
@@ -37,8 +39,8 @@ fn tb_err(dir: &Path, e: tboard::Error) -> Error {
 
 impl Logger {
     /// Opens `RUN/losses.jsonl` for appending (a resumed run continues it) and a new
-    /// TensorBoard event file under `RUN/tb/`.
-    pub fn open(run: &Path, quiet: bool) -> Result<Self> {
+    /// TensorBoard event file under `RUN/tb/`. `video`: speeds are in clips/s.
+    pub fn open(run: &Path, quiet: bool, video: bool) -> Result<Self> {
         let losses_path = run.join("losses.jsonl");
         let losses = OpenOptions::new()
             .create(true)
@@ -47,7 +49,7 @@ impl Logger {
             .map_err(|source| Error::Io { path: losses_path.clone(), source })?;
         let tb_dir = run.join("tb");
         let tb = EventWriter::create(&tb_dir).map_err(|e| tb_err(&tb_dir, e))?;
-        Ok(Logger { losses, losses_path, tb, tb_dir, quiet })
+        Ok(Logger { losses, losses_path, tb, tb_dir, quiet, unit: if video { "clips" } else { "img" } })
     }
 
     /// Drops `losses.jsonl` lines past `step` (a resume from an earlier checkpoint).
@@ -80,18 +82,20 @@ impl Logger {
     }
 
     /// The progress line and TensorBoard scalars (every `log_every` steps).
-    pub fn report(&mut self, s: &StepLog, total_steps: u64, img_per_s: f64, wait_frac: f64) -> Result<()> {
+    /// `per_s`: samples (images or clips) per second.
+    pub fn report(&mut self, s: &StepLog, total_steps: u64, per_s: f64, wait_frac: f64) -> Result<()> {
         if !self.quiet {
             let levels: Vec<String> = s.level_losses.iter().map(|l| format!("{l:.4}")).collect();
             eprintln!(
-                "step {}/{} loss {:.4} [{}] lr {:.2e} gnorm {:.3} {:.1} img/s loader wait {:.0}%",
+                "step {}/{} loss {:.4} [{}] lr {:.2e} gnorm {:.3} {:.1} {}/s loader wait {:.0}%",
                 s.step,
                 total_steps,
                 s.loss,
                 levels.join(" "),
                 s.lr,
                 s.grad_norm,
-                img_per_s,
+                per_s,
+                self.unit,
                 wait_frac * 100.0
             );
         }
@@ -104,7 +108,7 @@ impl Logger {
         }
         put("optim/lr", s.lr)?;
         put("optim/grad_norm", s.grad_norm)?;
-        put("speed/img_per_s", img_per_s)?;
+        put(&format!("speed/{}_per_s", self.unit), per_s)?;
         put("speed/loader_wait_frac", wait_frac)?;
         self.tb.flush().map_err(|e| tb_err(&self.tb_dir, e))?;
         self.losses.flush().map_err(|source| Error::Io { path: self.losses_path.clone(), source })

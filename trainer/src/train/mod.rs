@@ -155,7 +155,7 @@ impl Trainer {
                 .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
                 .map_err(|source| Error::Io { path: "<signal handler>".into(), source })?;
         }
-        let logger = Logger::open(&out, opts.quiet)?;
+        let logger = Logger::open(&out, opts.quiet, run.frames > 1)?;
         if !opts.quiet {
             eprintln!(
                 "model: {} levels {:?}, {} trainable parameters ({} tensors); device {device:?}, {:?}; {} samples per epoch",
