@@ -8,8 +8,8 @@
 //!
 //! [`inflate_from`] does the same from an image checkpoint into a video model (with or
 //! without added levels): the temporal attention blocks are the only fresh inner tensors and
-//! their `up_conv` starts at zero, so each block is the identity and the video model first
-//! predicts every frame exactly as the image model does.
+//! their output layers (`attn.proj_out`, `mlp.main.3`, the bias of `up_conv`) start at zero, so each block is the
+//! identity and the video model first predicts every frame exactly as the image model does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -94,11 +94,13 @@ fn load_lower(vs: &VarStore, lower: &Path, added_levels: usize, video: bool) -> 
             let is_adapter = k
                 .split('.')
                 .any(|p| p == "in_adapter" || p == "out_adapter");
-            let fresh_up_conv = video
+            // A fresh temporal block's output layers and `up_conv`'s bias (its weight must stay
+            // non-zero, or no gradient would reach them).
+            let fresh_output = video
                 && is_temporal(k)
-                && k.split('.').any(|p| p == "up_conv")
+                && (k.contains(".attn.proj_out.") || k.contains(".mlp.main.3.") || k.ends_with(".up_conv.bias"))
                 && !file.contains_key(k.get(prefix.len()..).unwrap_or(""));
-            if (outer && is_adapter && added_levels > 0) || fresh_up_conv {
+            if (outer && is_adapter && added_levels > 0) || fresh_output {
                 let _ = v.shallow_clone().zero_();
                 zeroed.push(k.clone());
             }

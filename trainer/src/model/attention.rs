@@ -206,6 +206,14 @@ pub fn rotary_freqs(dim: i64) -> Tensor {
 /// channels, zero-init `proj_out`, optional rotary frame positions) and a residual MLP,
 /// nearest ×2 and a conv, added to the input. Names: `down_conv`, `attn.{norm,qkv,proj_out,
 /// pos_emb.freqs}`, `mlp.main.{0,1,3}`, `up_conv`.
+///
+/// One change to ml-mdm's formula: `up_conv` receives only what the attention and the MLP add
+/// (`mlp(attn(s)) − s`), not `s = down_conv(x)` itself. ml-mdm's branch keeps the purely
+/// linear path `up_conv(up(down_conv(x)))`, which nothing normalises: in training its gain
+/// grows block after block (activations reached 1e4–1e5 within 300 steps of a tiny model, and
+/// the loss stalled where the same model without temporal blocks fitted its clip). Here the
+/// block is the identity at initialisation (`proj_out` and the MLP's last layer are zero) and
+/// its branch always passes through the normalised attention and MLP.
 #[derive(Debug)]
 pub struct TemporalAttention {
     down_conv: nn::Conv2D,
@@ -256,10 +264,10 @@ impl TemporalAttention {
         let qkv = self.qkv.forward(&self.norm.forward(&s)).chunk(3, -1);
         let freqs = self.rotary.then(|| rotary_freqs(TEMPORAL_HEAD_CHANNELS).to_device(x.device()));
         let a = attend_seq(&qkv[0], &qkv[1], &qkv[2], self.heads, freqs.as_ref());
-        let s = &s + self.proj_out.forward(&a);
-        let s = &s + self.mlp_out.forward(&self.mlp_in.forward(&self.mlp_norm.forward(&s)).gelu("none"));
-        // (b h w) t c -> (b t) c h w
-        let h = s.reshape([b, hh, ww, frames, c]).permute([0, 3, 4, 1, 2]).reshape([bt, c, hh, ww]);
+        let a = self.proj_out.forward(&a);
+        let m = self.mlp_out.forward(&self.mlp_in.forward(&self.mlp_norm.forward(&(&s + &a))).gelu("none"));
+        // What attention and MLP add, (b h w) t c -> (b t) c h w.
+        let h = (a + m).reshape([b, hh, ww, frames, c]).permute([0, 3, 4, 1, 2]).reshape([bt, c, hh, ww]);
         self.up_conv.forward(&h.upsample_nearest2d([2 * hh, 2 * ww], None, None)) + x
     }
 }
