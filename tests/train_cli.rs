@@ -188,6 +188,27 @@ fn video_run_grown_from_an_image_run_then_sample_a_gif() {
     // Two 32² cells with 2 px gaps, one row (one level).
     assert_eq!(frames[0].buffer().dimensions(), (2 * 32 + 3 * 2, 32 + 2 * 2));
     assert_eq!(frames[0].delay().numer_denom_ms(), (250, 1));
+    // A video run stopped after 2 steps and resumed logs the uninterrupted run's losses exactly.
+    let losses = |name: &str| -> Vec<String> {
+        let cfg = std::fs::read_to_string(&vcfg).expect("config").replace("out = \"video-run\"", &format!("out = \"{name}\""));
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(&p, cfg.replace("steps = 3", "steps = 4")).expect("config");
+        if name == "resumed" {
+            ok(&["train", "--config", s(&p), "--quiet", "--stop-after", "2"]);
+            ok(&["train", "--config", s(&p), "--quiet", "--resume"]);
+        } else {
+            ok(&["train", "--config", s(&p), "--quiet"]);
+        }
+        std::fs::read_to_string(dir.join(format!("{name}/losses.jsonl")))
+            .expect("losses")
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["loss"].to_string())
+            .collect()
+    };
+    let (whole, resumed) = (losses("whole"), losses("resumed"));
+    assert_eq!(whole.len(), 4);
+    assert_eq!(whole, resumed);
+
     // A video model asked for a PNG is refused.
     let o = mdm(&["sample", "--checkpoint", s(&dir.join("video-run")), "--prompt", "x", "--t5", s(&dir.join("t5")), "--out", s(&dir.join("x.png"))]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(".gif"));
