@@ -368,7 +368,7 @@ fn every_preset_validates() {
         }
         n += 1;
     }
-    assert!(n >= 9, "only {n} presets");
+    assert!(n >= 10, "only {n} presets");
     // The published stages chain: 64 → 256 → 1024 sides.
     let side = |name: &str| TrainConfig::load(&dir.join(name)).unwrap().sides;
     assert_eq!(side("cc12m_64.toml"), vec![64]);
@@ -377,11 +377,14 @@ fn every_preset_validates() {
     assert_eq!(side("imagenet_256.toml"), vec![256, 64]);
     let video = TrainConfig::load(&dir.join("webvid_64.toml")).unwrap();
     assert!(video.model.is_video() && video.frames == 16 && video.sides == vec![64]);
+    let video = TrainConfig::load(&dir.join("webvid_256.toml")).unwrap();
+    assert!(video.model.is_video() && video.frames == 16 && video.sides == vec![256, 64]);
     assert_eq!(TrainConfig::load(&dir.join("cc12m_64.toml")).unwrap().frames, 1);
 }
 
 /// The WebVid model is the cc12m 64² model plus temporal attention: the image stage's every
-/// tensor fits it, and the only new ones are the temporal blocks (what inflation needs).
+/// tensor fits it, and the only new ones are the temporal blocks (what inflation needs); it in
+/// turn is the inner level of the 256² video model.
 #[test]
 fn cc12m_64_inflates_into_webvid_64() {
     use mdm_trainer::config::ModelConfig;
@@ -397,6 +400,12 @@ fn cc12m_64_inflates_into_webvid_64() {
     // Temporal blocks after every ResNet at 32² and 16², down and up: 2 + 2 + 3 + 3 blocks.
     let blocks: std::collections::BTreeSet<String> = new.iter().map(|k| k.split(".t_attn.").next().unwrap().to_string() + &k.split(".t_attn.").nth(1).unwrap()[..1]).collect();
     assert_eq!(blocks.len(), 10, "{blocks:?}");
+    // The next stage: webvid_64 grows into webvid_256's inner level.
+    let upper = parameter_shapes(&ModelConfig::from_file(format!("{MODELS}/webvid_256x256.toml")).unwrap()).unwrap();
+    let upper: BTreeMap<String, Vec<i64>> = upper.into_iter().map(|(k, s, _)| (k, s)).collect();
+    for (k, shape) in &video {
+        assert_eq!(upper.get(&format!("inner_unet.{k}")), Some(shape), "{k}");
+    }
 }
 
 #[test]
