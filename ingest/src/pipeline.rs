@@ -332,7 +332,7 @@ where
             w.join().map_err(|_| Error::Codec("worker thread panicked".into()))?;
         }
         let total = total?;
-        let _ = written?;
+        written?;
         Ok((total, done))
     });
     bar.finish_and_clear();
@@ -349,11 +349,9 @@ where
     let mut seq = 0u64;
     for item in inputs {
         let item = item?;
-        if seq >= first_seq {
-            if tokens.recv().is_err() || tx.send((seq, item)).is_err() {
-                // The writer stopped (it reports why).
-                return Ok(seq);
-            }
+        // (A stopped writer reports why.)
+        if seq >= first_seq && (tokens.recv().is_err() || tx.send((seq, item)).is_err()) {
+            return Ok(seq);
         }
         seq += 1;
     }

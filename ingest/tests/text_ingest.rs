@@ -124,7 +124,7 @@ fn long_captions_rejected_or_truncated_and_counted() {
     let lens: Vec<usize> = tok.tokenize(&CAPTIONS).unwrap().iter().map(|t| t.ids().map_or(0, <[u32]>::len)).collect();
     let limit = 8;
     let long = lens.iter().filter(|&&l| l > limit).count() as u64;
-    assert!(long >= 2 && long < 7, "fixture needs some long captions: {lens:?}");
+    assert!((2..7).contains(&long), "fixture needs some long captions: {lens:?}");
 
     let out = tmp.path().join("reject");
     let o = Cc12mOptions { src: src.clone(), image_root: None, text: Some(spec(&model, limit, LongCaptions::Reject)) };

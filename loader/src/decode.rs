@@ -64,7 +64,7 @@ fn to_chw(rgb: &[u8], side: usize, flip: bool, out: &mut [MaybeUninit<u8>]) {
     let plane = side * side;
     let (rgb, out) = (&rgb[..3 * plane], &mut out[..3 * plane]);
     #[cfg(target_arch = "x86_64")]
-    if side % 16 == 0 && std::arch::is_x86_feature_detected!("ssse3") {
+    if side.is_multiple_of(16) && std::arch::is_x86_feature_detected!("ssse3") {
         // SAFETY: SSSE3 was just detected; both slices hold exactly `3 * side²` bytes.
         unsafe { to_chw_ssse3(rgb, side, flip, out) };
         return;
@@ -114,7 +114,7 @@ fn shuffle_masks(flip: bool) -> [[[u8; 16]; 3]; 3] {
 unsafe fn to_chw_ssse3(rgb: &[u8], side: usize, flip: bool, out: &mut [MaybeUninit<u8>]) {
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_or_si128, _mm_shuffle_epi8, _mm_storeu_si128};
     let plane = side * side;
-    debug_assert!(side % 16 == 0 && rgb.len() == 3 * plane && out.len() == 3 * plane);
+    debug_assert!(side.is_multiple_of(16) && rgb.len() == 3 * plane && out.len() == 3 * plane);
     let masks = shuffle_masks(flip).map(|c| c.map(|m| unsafe { _mm_loadu_si128(m.as_ptr().cast()) }));
     let blocks = side / 16;
     let (src, dst) = (rgb.as_ptr(), out.as_mut_ptr().cast::<u8>());

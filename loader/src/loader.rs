@@ -266,7 +266,7 @@ impl LoaderBuilder {
             Some(pixels) => {
                 for &r in &resolutions {
                     let global = pixels / (r as u64 * r as u64);
-                    if global == 0 || global % self.world != 0 {
+                    if global == 0 || !global.is_multiple_of(self.world) {
                         return Err(Error::Config(format!(
                             "bucket {r}: {pixels} pixels make a global batch of {global}, which does not split over {} ranks",
                             self.world

@@ -96,7 +96,7 @@ impl Layout {
         if self.resolutions.is_empty() {
             return Err("a layout needs at least one resolution".into());
         }
-        if self.resolutions.iter().any(|&r| r == 0) {
+        if self.resolutions.contains(&0) {
             return Err("resolutions must be positive".into());
         }
         if !self.resolutions.windows(2).all(|w| w[0] > w[1]) {

@@ -171,7 +171,7 @@ fn photo(class: usize, colour: [u8; 3], i: u32) -> RgbImage {
     let bg = [40.0 + 60.0 * hash(4), 40.0 + 60.0 * hash(5), 40.0 + 60.0 * hash(6)];
     RgbImage::from_fn(w, h, |x, y| {
         let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
-        let inside = if class % 2 == 0 { dx * dx + dy * dy < r * r } else { dx.abs() < r && dy.abs() < r };
+        let inside = if class.is_multiple_of(2) { dx * dx + dy * dy < r * r } else { dx.abs() < r && dy.abs() < r };
         let shade = 0.8 + 0.2 * (y as f32 / h as f32);
         let px = if inside { colour.map(|v| v as f32) } else { bg };
         Rgb(px.map(|v| (v * shade).min(255.0) as u8))
