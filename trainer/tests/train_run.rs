@@ -284,10 +284,13 @@ fn configs_are_validated_once_with_clear_errors() {
         ("[data]\nshards = [\"s\"]\nbatch_size = 2\nresolution = 32\ncfg_dropout = 1.5", "cfg_dropout"),
         ("[data]\nshards = [\"s\"]\nbatch_size = 2\nmixed_ratio = \"48:1\"", "mixed_ratio"),
         ("[data]\nshards = [\"s\"]\nbatch_size = 2\nconditioning = \"text\"", "conditioning"),
+        ("[data]\nshards = [\"s\"]\nbatch_size = 2\nframes = 4", "only video models"),
+        ("[data]\nshards = [\"s\"]\nbatch_size = 2\nframes = 1\n#video", "2..=1024"),
     ];
     for (i, (data, needle)) in cases.iter().enumerate() {
         let p = f.root.join(format!("bad{i}.toml"));
-        std::fs::write(&p, format!("model_file = \"{MODELS}/tiny_32x32.toml\"\n[run]\nout = \"r\"\nsteps = 1\n{data}\n")).unwrap();
+        let model = if data.ends_with("#video") { "tiny_video_32x32" } else { "tiny_32x32" };
+        std::fs::write(&p, format!("model_file = \"{MODELS}/{model}.toml\"\n[run]\nout = \"r\"\nsteps = 1\n{data}\n")).unwrap();
         let err = TrainConfig::load(&p).err().unwrap_or_else(|| panic!("case {i} accepted")).to_string();
         assert!(err.contains(needle) && err.contains(&format!("bad{i}.toml")), "case {i}: {err}");
     }

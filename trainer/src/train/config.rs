@@ -383,8 +383,8 @@ impl TrainConfig {
             (false, None) => 1,
             (false, Some(_)) => return Err(bad("data.frames", "only video models (temporal_mode) take clips")),
             (true, None) => 16,
-            (true, Some(f)) if (1..=1024).contains(&f) => f as i64,
-            (true, Some(f)) => return Err(bad("data.frames", format!("{f} is not in 1..=1024"))),
+            (true, Some(f)) if (2..=1024).contains(&f) => f as i64,
+            (true, Some(f)) => return Err(bad("data.frames", format!("{f} is not in 2..=1024 (still images train an image model, which can then initialise a video one)"))),
         };
         if model.is_video() && model.diffusion().mixed_ratio.is_some() {
             return Err(bad(
