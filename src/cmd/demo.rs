@@ -1,6 +1,8 @@
 //! `mdm demo`: the whole story on CPU from synthetic data, downloading nothing:
 //! an ImageNet-shaped folder of generated photos → `ingest imagenet` → train a tiny 32² UNet →
 //! grow it into a 64²/32² NestedUNet trained on mixed-resolution batches → sample a grid.
+//! With `--video`, then: generated mp4 clips → `ingest webvid` with a tiny random T5 → a tiny
+//! text-to-video UNet → an animated GIF.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,12 +10,15 @@ use std::process::ExitCode;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use image::{codecs::jpeg::JpegEncoder, ExtendedColorType, Rgb, RgbImage};
-use mdm_ingest::settings::ImageSettings;
+use mdm_ingest::settings::{ImageSettings, VideoSettings};
+use mdm_ingest::sources::webvid::{self, WebvidOptions, WebvidSource};
+use mdm_ingest::t5::{EncodeOptions, StorageDtype, T5Device};
+use mdm_ingest::text::TextSpec;
 use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
 use mdm_ingest::sources::RunOptions as IngestRun;
 use mdm_trainer::diffusion::SampleOptions;
 use mdm_trainer::model::Conditioning;
-use mdm_trainer::sample::{grid, png_bytes, Sampler};
+use mdm_trainer::sample::{gif_bytes, grid, png_bytes, Sampler};
 use mdm_trainer::tch::{Device, Tensor};
 use mdm_trainer::train::{self, RunOptions};
 
@@ -28,6 +33,9 @@ pub struct DemoArgs {
     /// Optimizer steps of each stage.
     #[arg(long, default_value_t = 300)]
     steps: u64,
+    /// Also the video story (about 4 more minutes; needs the ffmpeg tool, which setup installs).
+    #[arg(long)]
+    video: bool,
 }
 
 const CLASSES: [(&str, &str, [u8; 3]); 4] = [
@@ -39,11 +47,12 @@ const CLASSES: [(&str, &str, [u8; 3]); 4] = [
 
 const TINY_32: &str = include_str!("../../configs/models/tiny_32x32.toml");
 const TINY_64: &str = include_str!("../../configs/models/tiny_64x64.toml");
+const TINY_VIDEO_32: &str = include_str!("../../configs/models/tiny_video_32x32.toml");
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     ensure!(args.per_class >= 8 && args.steps >= 20, "--per-class must be >= 8 and --steps >= 20");
     let out = std::path::absolute(&args.out)?;
-    for sub in ["src", "shards", "runs", "configs"] {
+    for sub in ["src", "shards", "runs", "configs", "video-src", "t5"] {
         let p = out.join(sub);
         if p.exists() {
             std::fs::remove_dir_all(&p).with_context(|| format!("removing old {}", p.display()))?;
@@ -95,11 +104,76 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let (w, h, rgb) = grid(&levels)?;
     std::fs::write(&grid_path, png_bytes(w, h, rgb)?)?;
     println!("   wrote {} (top row 64², bottom row 32²; classes: red disc, green square, blue disc, yellow square, 3 each)", grid_path.display());
-    if last >= first || last2 >= first2 {
+    let mut fell = last < first && last2 < first2;
+    if args.video {
+        fell &= video(&out, args.steps)?;
+    }
+    if !fell {
         println!("\nwarning: the loss did not fall in every stage (noisy at this size; try --steps 600)");
     }
     println!("\nTensorBoard logs: {}/runs/*/tb", out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stages 6–9: WebVid-shaped clips → shards with T5 states → a tiny text-to-video UNet → GIF.
+/// Returns whether the loss fell.
+fn video(out: &Path, steps: u64) -> Result<bool> {
+    const CLIPS: [(&str, &str, &str); 4] = [("red", "navy", "0x1e1e64"), ("yellow", "green", "0x145a1e"), ("white", "black", "0x101010"), ("cyan", "purple", "0x501e5a")];
+    let videos = out.join("video-src/videos");
+    std::fs::create_dir_all(&videos)?;
+    println!("\n6. WebVid-shaped clips: 16 mp4s of a square moving over a plain background (the ffmpeg tool), and results.csv");
+    let mut csv = String::from("videoid,contentUrl,duration,page_dir,name\n");
+    let mut i = 0;
+    for (fg, bg_name, bg) in CLIPS {
+        // Right and left, each at two speeds (px/s).
+        for speed in [12, 18, -12, -18] {
+            let x = if speed > 0 { format!("mod(t*{speed},48)") } else { format!("48-mod(t*{},48)", -speed) };
+            let graph = format!("color=c={bg}:s=64x48:r=10:d=3[bg];color=c={fg}:s=16x16:r=10:d=3[fg];[bg][fg]overlay=x='{x}':y='16+8*sin(t*3)':shortest=1");
+            let file = videos.join(format!("{}.mp4", 1000 + i));
+            let status = std::process::Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", &graph, "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"])
+                .arg(&file)
+                .status()
+                .context("running the ffmpeg tool (scripts/setup.sh installs it)")?;
+            ensure!(status.success(), "ffmpeg failed writing {}", file.display());
+            let way = if speed > 0 { "right" } else { "left" };
+            csv.push_str(&format!("{},https://example.com/{i}.mp4,PT00H00M03S,demo,a {fg} square moving {way} on {bg_name}\n", 1000 + i));
+            i += 1;
+        }
+    }
+    let table = out.join("video-src/results.csv");
+    std::fs::write(&table, csv)?;
+
+    let t5 = out.join("t5");
+    println!("\n7. $ mdm make-tiny-t5 {}   (a seeded random T5 built in code: untrained, for demos only)", t5.display());
+    mdm_ingest::t5::make_tiny_t5(&t5, 0)?;
+
+    let shards = out.join("shards/webvid");
+    println!("\n8. $ mdm ingest webvid --csv {} --videos {} --frames 4 --fps 4 --resolution 32 --clips-per-video 4 --t5 {}", table.display(), videos.display(), t5.display());
+    let settings = VideoSettings { frames: 4, fps: 4.0, resolution: 32, clips_per_video: 4, ..VideoSettings::default() };
+    let run = IngestRun { out: shards.clone(), threads: 0, part: None, progress: false };
+    let options = EncodeOptions { device: T5Device::Cpu, ..EncodeOptions::default() };
+    let text = TextSpec { model_dir: t5.clone(), options, storage: StorageDtype::F16 };
+    let opts = WebvidOptions { source: WebvidSource::Csv { csv: table, videos }, text: Some(text) };
+    let summary = webvid::ingest(&opts, &settings, &run).context("demo video ingest")?;
+    println!("   {summary}");
+
+    let cfg = write_config(out, "tiny_video_32", TINY_VIDEO_32, steps, &shards, "resolution = 32\nbatch_size = 4\nframes = 4", "lr = 5e-4\nwarmup_steps = 20", None)?;
+    println!("\n9. $ mdm train --config {}   (text-to-video 32² UNet, temporal attention over 4 frames)", cfg.display());
+    train::train_from_file(&cfg, &RunOptions { quiet: false, ..Default::default() }).context("demo video stage")?;
+    let (first, last) = loss_trend(&out.join("runs/tiny_video_32"))?;
+    println!("   loss: mean of the first 20 steps {first:.4} → last 20 steps {last:.4}");
+
+    let gif = out.join("samples.gif");
+    let prompts: Vec<String> = CLIPS.iter().map(|(fg, bgn, _)| format!("a {fg} square moving right on {bgn}")).collect();
+    println!("\n10. $ mdm sample --checkpoint {} --prompt ... (4 prompts) --t5 {} --guidance 3 --out {}", out.join("runs/tiny_video_32").display(), t5.display(), gif.display());
+    let s = Sampler::load(&out.join("runs/tiny_video_32"), true, Device::Cpu)?;
+    let cond = super::sample::encode_prompts(&t5, &prompts, 1, Device::Cpu)?;
+    let opts = SampleOptions { steps: Some(50), ddim_eta: None, guidance_scale: 3.0, threshold: None, frames: 1 };
+    let clips = s.sample(&cond, prompts.len() as i64, 0, &opts)?;
+    std::fs::write(&gif, gif_bytes(&clips, s.run.frames, 4.0)?)?;
+    println!("   wrote {} (4 clips of 4 frames, looping at 4 fps; prompts: {})", gif.display(), prompts.join("; "));
+    Ok(last < first)
 }
 
 /// Means of `losses.jsonl`'s first and last 20 steps.

@@ -146,7 +146,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
 }
 
 /// Encodes each prompt (rounded through f16, as the shards store it), `count` rows each.
-fn encode_prompts(t5: &std::path::Path, prompts: &[String], count: i64, device: Device) -> Result<Conditioning> {
+pub(crate) fn encode_prompts(t5: &std::path::Path, prompts: &[String], count: i64, device: Device) -> Result<Conditioning> {
     let mut enc = TextEncoder::from_dir(t5, EncodeOptions::default())?;
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let encoded = enc.encode(&refs)?;
