@@ -169,25 +169,29 @@ fn attend_seq(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, rotary: Option<&Te
     let split = |t: &Tensor| t.reshape([n, l, heads, ch]).transpose(1, 2); // (N,H,L,ch)
     let (mut q, mut k, v) = (split(q), split(k), split(v).contiguous());
     if let Some(f) = rotary {
-        q = rotate(&q, f);
-        k = rotate(&k, f);
+        let (cos, sin) = rotary_cos_sin(l, f, q.kind());
+        q = rotate(&q, &cos, &sin);
+        k = rotate(&k, &cos, &sin);
     }
     let a = Tensor::scaled_dot_product_attention(&q.contiguous(), &k.contiguous(), &v, None::<Tensor>, 0.0, false, None, false);
     a.transpose(1, 2).reshape([n, l, c])
 }
 
+/// cos and sin of the rotary angles `pos·f_k` for positions 0..l, each frequency repeated for
+/// its channel pair: (l, 2·len(freqs)), f0 f0 f1 f1 … (angles in fp32, results in `kind`).
+fn rotary_cos_sin(l: i64, freqs: &Tensor, kind: tch::Kind) -> (Tensor, Tensor) {
+    let pos = Tensor::arange(l, (tch::Kind::Float, freqs.device()));
+    let ang = (pos.unsqueeze(1) * freqs.unsqueeze(0)).repeat_interleave_self_int(2, Some(1), None);
+    (ang.cos().to_kind(kind), ang.sin().to_kind(kind))
+}
+
 /// Rotary embedding of `rotary_embedding_torch` (the library ml-mdm's `pos_emb` uses) on
-/// (…, L, ch): angles `pos·f_k`, each frequency applied to an adjacent channel pair
+/// (…, L, ch) with [`rotary_cos_sin`]'s tables: each frequency turns an adjacent channel pair,
 /// `(x_{2k}, x_{2k+1}) → (x_{2k}·cos − x_{2k+1}·sin, x_{2k+1}·cos + x_{2k}·sin)`.
-pub fn rotate(x: &Tensor, freqs: &Tensor) -> Tensor {
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let size = x.size();
-    let (l, ch) = (size[size.len() - 2], size[size.len() - 1]);
-    let pos = Tensor::arange(l, (tch::Kind::Float, x.device()));
-    let ang = pos.unsqueeze(1) * freqs.to_kind(tch::Kind::Float).unsqueeze(0); // (L, ch/2)
-    let ang = ang.repeat_interleave_self_int(2, Some(1), None); // (L, ch): f0 f0 f1 f1 …
-    let (cos, sin) = (ang.cos().to_kind(x.kind()), ang.sin().to_kind(x.kind()));
     let mut pairs = size.clone();
-    pairs.pop();
+    let ch = pairs.pop().unwrap_or(0);
     pairs.extend([ch / 2, 2]);
     let xp = x.reshape(pairs.as_slice());
     let (x1, x2) = (xp.select(-1, 0), xp.select(-1, 1));
@@ -220,9 +224,9 @@ pub struct TemporalAttention {
     norm: nn::LayerNorm,
     qkv: nn::Linear,
     proj_out: nn::Linear,
-    /// Rotary frame positions; the frequencies are recomputed in fp32 (the stored
-    /// `pos_emb.freqs` is ml-mdm's non-trained copy, which a bf16 run would round).
-    rotary: bool,
+    /// Rotary frequencies (fp32, on the model's device), made once here: the stored
+    /// `pos_emb.freqs` is ml-mdm's non-trained copy, which a bf16 run would round.
+    rotary: Option<Tensor>,
     mlp_norm: nn::LayerNorm,
     mlp_in: nn::Linear,
     mlp_out: nn::Linear,
@@ -235,17 +239,19 @@ impl TemporalAttention {
         let a = p / "attn";
         let m = p / "mlp" / "main";
         let heads = channels / TEMPORAL_HEAD_CHANNELS;
-        if pos_emb {
+        let rotary = pos_emb.then(|| {
+            let f = rotary_freqs(TEMPORAL_HEAD_CHANNELS).to_device(p.device());
             // A parameter in ml-mdm's state dict (`requires_grad=False`): stored, not trained.
-            let f = (&a / "pos_emb").zeros_no_train("freqs", &[TEMPORAL_HEAD_CHANNELS / 2]);
-            tch::no_grad(|| f.shallow_clone().copy_(&rotary_freqs(TEMPORAL_HEAD_CHANNELS)));
-        }
+            let stored = (&a / "pos_emb").zeros_no_train("freqs", &[TEMPORAL_HEAD_CHANNELS / 2]);
+            tch::no_grad(|| stored.shallow_clone().copy_(&f));
+            f
+        });
         TemporalAttention {
             down_conv: super::conv3(&(p / "down_conv"), channels, channels, 2, false),
             norm: nn::layer_norm(&a / "norm", vec![channels], Default::default()),
             qkv: nn::linear(&a / "qkv", channels, 3 * channels, super::lin()),
             proj_out: nn::linear(&a / "proj_out", channels, channels, zero_linear()),
-            rotary: pos_emb,
+            rotary,
             mlp_norm: nn::layer_norm(&m / 0, vec![channels], Default::default()),
             mlp_in: nn::linear(&m / 1, channels, 4 * channels, super::lin()),
             mlp_out: nn::linear(&m / 3, 4 * channels, channels, zero_linear()),
@@ -262,8 +268,7 @@ impl TemporalAttention {
         // (b t) c h w -> (b h w) t c
         let s = h.reshape([b, frames, c, hh, ww]).permute([0, 3, 4, 1, 2]).reshape([b * hh * ww, frames, c]);
         let qkv = self.qkv.forward(&self.norm.forward(&s)).chunk(3, -1);
-        let freqs = self.rotary.then(|| rotary_freqs(TEMPORAL_HEAD_CHANNELS).to_device(x.device()));
-        let a = attend_seq(&qkv[0], &qkv[1], &qkv[2], self.heads, freqs.as_ref());
+        let a = attend_seq(&qkv[0], &qkv[1], &qkv[2], self.heads, self.rotary.as_ref());
         let a = self.proj_out.forward(&a);
         let m = self.mlp_out.forward(&self.mlp_in.forward(&self.mlp_norm.forward(&(&s + &a))).gelu("none"));
         // What attention and MLP add, (b h w) t c -> (b t) c h w.
