@@ -8,8 +8,9 @@
 //!
 //! [`inflate_from`] does the same from an image checkpoint into a video model (with or
 //! without added levels): the temporal attention blocks are the only fresh inner tensors and
-//! their output layers (`attn.proj_out`, `mlp.main.3`, the bias of `up_conv`) start at zero, so each block is the
-//! identity and the video model first predicts every frame exactly as the image model does.
+//! their output layers (`attn.proj_out`, `mlp.main.3`, the bias of `up_conv`) start at zero,
+//! so each block is the identity and the video model first predicts every frame exactly as the
+//! image model does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,9 +27,9 @@ pub struct GrowthReport {
     pub prefix: String,
     /// Parameters loaded from the lower checkpoint (new names).
     pub loaded: Vec<String>,
-    /// Parameters left at their fresh initialisation (the new outer levels).
+    /// Parameters not loaded (the new outer levels; the temporal blocks when inflating).
     pub fresh: Vec<String>,
-    /// Adapter parameters set to zero.
+    /// Fresh parameters set to zero (adapters; temporal output layers when inflating).
     pub zeroed: Vec<String>,
 }
 
@@ -86,35 +87,29 @@ fn load_lower(vs: &VarStore, lower: &Path, added_levels: usize, video: bool) -> 
         });
     }
     copy_into(&vars, renamed.iter().map(|(k, t)| (k.as_str(), *t)));
-    let mut zeroed = vec![];
-    {
-        let _g = tch::no_grad_guard();
-        for (k, v) in &vars {
-            let outer = !k.starts_with(&prefix);
-            let is_adapter = k
-                .split('.')
-                .any(|p| p == "in_adapter" || p == "out_adapter");
-            // A fresh temporal block's output layers and `up_conv`'s bias (its weight must stay
-            // non-zero, or no gradient would reach them).
-            let fresh_output = video
-                && is_temporal(k)
-                && (k.contains(".attn.proj_out.") || k.contains(".mlp.main.3.") || k.ends_with(".up_conv.bias"))
-                && !file.contains_key(k.get(prefix.len()..).unwrap_or(""));
-            if (outer && is_adapter && added_levels > 0) || fresh_output {
-                let _ = v.shallow_clone().zero_();
-                zeroed.push(k.clone());
-            }
-        }
-    }
-    zeroed.sort();
     let mut loaded: Vec<String> = renamed.into_iter().map(|(k, _)| k).collect();
     loaded.sort();
-    let mut fresh: Vec<String> = vars
-        .keys()
-        .filter(|k| !k.starts_with(&prefix) || !loaded.contains(k))
+    let mut fresh: Vec<String> = vars.keys().filter(|k| loaded.binary_search(k).is_err()).cloned().collect();
+    fresh.sort();
+    // Zeroed among the fresh tensors: the adapters of the added levels and, when inflating, the
+    // temporal blocks' output layers and `up_conv`'s bias (its weight must stay non-zero, or no
+    // gradient would reach them).
+    let zeroed: Vec<String> = fresh
+        .iter()
+        .filter(|k| {
+            let is_adapter = k.split('.').any(|p| p == "in_adapter" || p == "out_adapter");
+            let temporal_output = is_temporal(k)
+                && (k.contains(".attn.proj_out.") || k.contains(".mlp.main.3.") || k.ends_with(".up_conv.bias"));
+            is_adapter || (video && temporal_output)
+        })
         .cloned()
         .collect();
-    fresh.sort();
+    {
+        let _g = tch::no_grad_guard();
+        for k in &zeroed {
+            let _ = vars[k].shallow_clone().zero_();
+        }
+    }
     Ok(GrowthReport {
         prefix,
         loaded,
@@ -124,7 +119,7 @@ fn load_lower(vs: &VarStore, lower: &Path, added_levels: usize, video: bool) -> 
 }
 
 impl std::fmt::Display for GrowthReport {
-    /// One line per tensor: `loaded NAME`, `fresh NAME` (`fresh NAME (zeroed)` for adapters).
+    /// One line per tensor: `loaded NAME`, `fresh NAME` (`fresh NAME (zeroed)` for those set to zero).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "# grown: {} loaded under {:?}, {} fresh", self.loaded.len(), self.prefix, self.fresh.len())?;
         for k in &self.loaded {

@@ -441,7 +441,7 @@ fn grow(vs: &VarStore, model: &MdmUNet, p: &config::ProgressiveConfig, quiet: bo
     };
     if !quiet {
         eprintln!(
-            "grown from {}: {} tensors loaded under {:?}, {} fresh ({} adapters zeroed)",
+            "grown from {}: {} tensors loaded under {:?}, {} fresh ({} of them zeroed)",
             weights.display(),
             report.loaded.len(),
             report.prefix,
