@@ -122,9 +122,10 @@ fn main() {
     }
     // Clips ride in the batch as frames: (B·frames, 3, S, S), conditioning per clip (B).
     let rows = a.batch * a.frames;
+    let sides = mdm_trainer::flops::level_sides(&cfg, side);
     let mut groups = vec![Tensor::rand([rows, 3, side, side], (Kind::Float, a.device)) * 2.0 - 1.0];
-    for s in &scales[1..] {
-        groups.push(Tensor::zeros([0, 3, side / scales[0] * s, side / scales[0] * s], (Kind::Float, a.device)));
+    for &s in &sides[1..] {
+        groups.push(Tensor::zeros([0, 3, s, s], (Kind::Float, a.device)));
     }
     let cond = match cfg.num_classes {
         Some(n) => Conditioning::Class(Tensor::randint(n, [a.batch], (Kind::Int64, a.device))),
@@ -140,7 +141,6 @@ fn main() {
         Conditioning::Class(_) => 1,
         Conditioning::None => 0,
     };
-    let sides = mdm_trainer::flops::level_sides(&cfg, side);
     let flops = mdm_trainer::flops::forward_flops(&cfg, &sides, &vec![a.batch; sides.len()], tokens, a.frames)
         .expect("flop count");
     let tflop_per_step = flops.training_step() as f64 / 1e12;

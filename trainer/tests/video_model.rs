@@ -74,6 +74,14 @@ resnet_config = { num_groups_norm = 8 }
 "#
 }
 
+/// A model built from TOML text: its config, variables and network.
+fn build(toml: &str) -> (ModelConfig, VarStore, MdmUNet) {
+    let cfg = ModelConfig::from_toml_str(toml).expect("config");
+    let vs = VarStore::new(Device::Cpu);
+    let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    (cfg, vs, model)
+}
+
 /// Every variable random (zero-initialised layers too), so that every path matters.
 fn randomize(vs: &VarStore, scale: f64) {
     let _g = tch::no_grad_guard();
@@ -192,9 +200,7 @@ fn temporal_block_matches_its_written_out_formula() {
 fn clips_stay_apart_and_frames_interact() {
     let _serial = serial();
     tch::manual_seed(11);
-    let cfg = ModelConfig::from_toml_str(&unet_toml(true)).expect("config");
-    let vs = VarStore::new(Device::Cpu);
-    let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    let (_, vs, model) = build(&unet_toml(true));
     randomize(&vs, 0.1);
     let (clips, frames) = (2, 3);
     let x = Tensor::randn([clips * frames, 3, 16, 16], (Kind::Float, Device::Cpu));
@@ -221,9 +227,7 @@ fn clips_stay_apart_and_frames_interact() {
     assert!(common::max_abs(&out.narrow(0, 3, 3), &base.narrow(0, 3, 3)) > 1e-4);
 
     // An image model takes no clips; rows must be whole clips.
-    let img = ModelConfig::from_toml_str(&unet_toml(false)).expect("image");
-    let ivs = VarStore::new(Device::Cpu);
-    let image_model = MdmUNet::new(&ivs.root(), &img).expect("image model");
+    let (_, _ivs, image_model) = build(&unet_toml(false));
     let e = image_model.forward_frames(&[x.shallow_clone()], &times, &cond, &Micros::new(), false, 3).expect_err("image model with clips").to_string();
     assert!(e.contains("only a video model"), "{e}");
     let e = model.forward_frames(&[x.narrow(0, 0, 5)], &times, &cond, &Micros::new(), false, 3).expect_err("partial clip").to_string();
@@ -237,9 +241,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
     let _serial = serial();
     tch::manual_seed(5);
     let dir = tempfile::tempdir().expect("tmp");
-    let img_cfg = ModelConfig::from_toml_str(&unet_toml(false)).expect("image");
-    let ivs = VarStore::new(Device::Cpu);
-    let image = MdmUNet::new(&ivs.root(), &img_cfg).expect("image model");
+    let (_, ivs, image) = build(&unet_toml(false));
     randomize(&ivs, 0.1);
     let ckpt = dir.path().join("image.safetensors");
     weights::save(&ivs, &ckpt).expect("save");
@@ -260,9 +262,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
     };
 
     // Same levels.
-    let vcfg = ModelConfig::from_toml_str(&unet_toml(true)).expect("video");
-    let vvs = VarStore::new(Device::Cpu);
-    let video = MdmUNet::new(&vvs.root(), &vcfg).expect("video model");
+    let (_, vvs, video) = build(&unet_toml(true));
     randomize(&vvs, 0.1);
     let report = inflate_from(&vvs, &ckpt, 0).expect("inflate");
     assert_eq!(report.loaded.len(), ivs.variables().len());
@@ -284,9 +284,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
     assert!(d < 1e-5, "{d}");
 
     // With an added outer level.
-    let ncfg = ModelConfig::from_toml_str(nested_video_toml()).expect("nested");
-    let nvs = VarStore::new(Device::Cpu);
-    let nested = MdmUNet::new(&nvs.root(), &ncfg).expect("nested model");
+    let (_, nvs, nested) = build(nested_video_toml());
     randomize(&nvs, 0.1);
     let report = inflate_from(&nvs, &ckpt, 1).expect("inflate nested");
     assert!(report.zeroed.iter().any(|k| k == "in_adapter.weight"));
@@ -303,8 +301,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
     let mut kept: Vec<(String, Tensor)> = ivs.variables().into_iter().filter(|(k, _)| k != "conv_in.weight").collect();
     kept.sort_by(|a, b| a.0.cmp(&b.0));
     Tensor::write_safetensors(&kept, &partial).expect("write");
-    let fvs = VarStore::new(Device::Cpu);
-    let _m = MdmUNet::new(&fvs.root(), &vcfg).expect("video model");
+    let (_, fvs, _m) = build(&unet_toml(true));
     let e = inflate_from(&fvs, &partial, 0).expect_err("missing tensor").to_string();
     assert!(e.contains("conv_in.weight"), "{e}");
 }
@@ -314,9 +311,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
 fn a_training_step_on_clips() {
     let _serial = serial();
     tch::manual_seed(2);
-    let cfg = ModelConfig::from_toml_str(nested_video_toml()).expect("nested");
-    let vs = VarStore::new(Device::Cpu);
-    let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    let (cfg, vs, model) = build(nested_video_toml());
     // (Zero-initialised output layers would stop every gradient before them.)
     randomize(&vs, 0.05);
     let diffusion = NestedDiffusion::for_model(&model, &cfg.diffusion(), Device::Cpu).expect("diffusion");
@@ -345,9 +340,7 @@ fn a_video_model_fits_a_moving_square() {
     use mdm_trainer::train::{config::OptimConfig, optim::FlatOptimizer};
     let _serial = serial();
     tch::manual_seed(4);
-    let cfg = ModelConfig::from_toml_str(&unet_toml(true)).expect("config");
-    let vs = VarStore::new(Device::Cpu);
-    let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
+    let (cfg, vs, model) = build(&unet_toml(true));
     let diffusion = NestedDiffusion::for_model(&model, &cfg.diffusion(), Device::Cpu).expect("diffusion");
     let frames = 3;
     let clip = Tensor::full([frames, 3, 16, 16], -0.8, (Kind::Float, Device::Cpu));
