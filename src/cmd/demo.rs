@@ -106,7 +106,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     println!("   wrote {} (top row 64², bottom row 32²; classes: red disc, green square, blue disc, yellow square, 3 each)", grid_path.display());
     let mut fell = last < first && last2 < first2;
     if args.video {
-        fell &= video(&out, args.steps)?;
+        fell &= video(&out, args.steps, &opts)?;
     }
     if !fell {
         println!("\nwarning: the loss did not fall in every stage (noisy at this size; try --steps 600)");
@@ -115,9 +115,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Stages 6–9: WebVid-shaped clips → shards with T5 states → a tiny text-to-video UNet → GIF.
-/// Returns whether the loss fell.
-fn video(out: &Path, steps: u64) -> Result<bool> {
+/// Stages 6–10: WebVid-shaped clips → shards with T5 states → a tiny text-to-video UNet → GIF
+/// (sampled with `sample_opts`, as the image grid). Returns whether the loss fell.
+fn video(out: &Path, steps: u64, sample_opts: &SampleOptions) -> Result<bool> {
     const CLIPS: [(&str, &str, &str); 4] = [("red", "navy", "0x1e1e64"), ("yellow", "green", "0x145a1e"), ("white", "black", "0x101010"), ("cyan", "purple", "0x501e5a")];
     let videos = out.join("video-src/videos");
     std::fs::create_dir_all(&videos)?;
@@ -169,8 +169,7 @@ fn video(out: &Path, steps: u64) -> Result<bool> {
     println!("\n10. $ mdm sample --checkpoint {} --prompt ... (4 prompts) --t5 {} --guidance 3 --out {}", out.join("runs/tiny_video_32").display(), t5.display(), gif.display());
     let s = Sampler::load(&out.join("runs/tiny_video_32"), true, Device::Cpu)?;
     let cond = super::sample::encode_prompts(&t5, &prompts, 1, Device::Cpu)?;
-    let opts = SampleOptions { steps: Some(50), ddim_eta: None, guidance_scale: 3.0, threshold: None, frames: 1 };
-    let clips = s.sample(&cond, prompts.len() as i64, 0, &opts)?;
+    let clips = s.sample(&cond, prompts.len() as i64, 0, sample_opts)?;
     std::fs::write(&gif, gif_bytes(&clips, s.run.frames, 4.0)?)?;
     println!("   wrote {} (4 clips of 4 frames, looping at 4 fps; prompts: {})", gif.display(), prompts.join("; "));
     Ok(last < first)
