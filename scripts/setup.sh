@@ -39,7 +39,7 @@ VPY=.venv/bin/python
 have_torch=$($VPY -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true)
 if [[ "$have_torch" != "$TORCH_VERSION"* ]]; then
   say "installing torch==$TORCH_VERSION (no CUDA wheels, ~1.3 GB) into .venv"
-  $VPY -m pip install -q --disable-pip-version-check --no-deps "torch==$TORCH_VERSION" \
+  $VPY -m pip install -q --no-cache-dir --disable-pip-version-check --no-deps "torch==$TORCH_VERSION" \
       nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 \
     || fail "pip install torch==$TORCH_VERSION" "check PyPI access; tch 0.24 needs exactly this version"
 fi
@@ -47,14 +47,14 @@ fi
 # (tools/convert_mlmdm.py; on a CPU-only venv `import torch` still needs the CUDA libraries).
 if ! $VPY -c "import pyarrow, numpy, safetensors, PIL, typing_extensions, sympy, networkx, jinja2, fsspec, filelock" 2>/dev/null; then
   say "installing pyarrow, numpy, safetensors, pillow and torch's Python dependencies into .venv"
-  $VPY -m pip install -q --disable-pip-version-check pyarrow numpy safetensors pillow typing_extensions filelock sympy networkx jinja2 fsspec \
+  $VPY -m pip install -q --no-cache-dir --disable-pip-version-check pyarrow numpy safetensors pillow typing_extensions filelock sympy networkx jinja2 fsspec \
     || fail "pip install (Python test dependencies)" "check PyPI access"
 fi
 
 # moto: the S3-compatible server the loader's object-store tests start on loopback.
 if ! $VPY -c "import moto.server" 2>/dev/null; then
   say "installing moto[server] (S3 test server) into .venv"
-  $VPY -m pip install -q --disable-pip-version-check "moto[server]" \
+  $VPY -m pip install -q --no-cache-dir --disable-pip-version-check "moto[server]" \
     || fail "pip install moto[server]" "check PyPI access"
 fi
 
