@@ -20,7 +20,7 @@ case "$mode" in
     cargo build --release -p mdm -p mdm-trainer --bins --example train_bench
     cargo build --release -p mdm-ingest --example t5_bench
     mkdir -p "$carry"
-    # Debug info makes the binaries 150–260 MB; the device tool carries 64 MiB in all.
+    # Line tables make the binaries 50–75 MB; the device tool carries 64 MiB in all.
     strip -o "$carry/mdm" target/release/mdm
     strip -o "$carry/train_bench" target/release/examples/train_bench
     strip -o "$carry/t5_bench" target/release/examples/t5_bench

@@ -362,8 +362,11 @@ pub fn forward_backward(
     let terms = diffusion.loss(&inputs, &preds)?;
     let l = terms.total.mean(Kind::Float);
     l.backward();
-    let levels = terms.per_level.iter().map(|t| t.mean(Kind::Float).double_value(&[])).collect();
-    Ok((l.double_value(&[]), levels))
+    // One device-to-host read for the total and every level (one sync, not one per value).
+    let mut parts = vec![l.detach()];
+    parts.extend(terms.per_level.iter().map(|t| t.detach().mean(Kind::Float)));
+    let values = Vec::<f64>::try_from(Tensor::stack(&parts, 0).to_kind(Kind::Double))?;
+    Ok((values[0], values[1..].to_vec()))
 }
 
 /// Builds the loader for a run (resumed from `state` when given).
