@@ -6,9 +6,11 @@
 //!   [`pipeline`] (bounded, ordered, resumable build), [`settings`], [`rejects`], [`error`];
 //! - Videos: [`video`] demux/decode/sample/encode through FFmpeg, the WebVid source in
 //!   [`sources`], the same pipeline;
+//! - [`encode`]: RGB frames → MP4 (H.264, else MPEG-4 part 2), for sampled clips;
 //! - [`text`]: caption embeddings at ingest (`--t5`) and for existing shard sets (`mdm embed`).
 
 pub mod t5;
+pub mod encode;
 pub mod error;
 pub mod image;
 pub mod pipeline;
