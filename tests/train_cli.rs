@@ -149,7 +149,8 @@ fn video_shards(dir: &Path) -> std::path::PathBuf {
     shards
 }
 
-/// A text-to-video run grown from a text image run (inflation), then an animated GIF sample.
+/// A text-to-video run grown from a text image run (inflation), then an animated GIF and an MP4
+/// sample.
 #[test]
 fn video_run_grown_from_an_image_run_then_sample_a_gif() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -188,6 +189,20 @@ fn video_run_grown_from_an_image_run_then_sample_a_gif() {
     // Two 32² cells with 2 px gaps, one row (one level).
     assert_eq!(frames[0].buffer().dimensions(), (2 * 32 + 3 * 2, 32 + 2 * 2));
     assert_eq!(frames[0].delay().numer_denom_ms(), (250, 1));
+    // The same clips as an MP4, decoded by the ffmpeg tool's ffprobe: 4 frames of the grid.
+    let mp4 = dir.join("clips.mp4");
+    let out = ok(&[
+        "sample", "--checkpoint", s(&dir.join("video-run")), "--prompt", "a test card", "--t5", s(&dir.join("t5")),
+        "--count", "2", "--steps", "3", "--sampler", "ddim", "--fps", "4", "--out", s(&mp4),
+    ]);
+    assert!(out.contains("1 levels [32] × 2 clips of 4 frames at 4 fps, H264"), "{out}");
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=codec_name,width,height,nb_read_frames,avg_frame_rate", "-of", "csv=p=0"])
+        .arg(&mp4)
+        .output()
+        .expect("ffprobe (installed with the ffmpeg tool)");
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264,70,36,4/1,4");
     // A video run stopped after 2 steps and resumed logs the uninterrupted run's losses exactly.
     let losses = |name: &str| -> Vec<String> {
         let cfg = std::fs::read_to_string(&vcfg).expect("config").replace("out = \"video-run\"", &format!("out = \"{name}\""));
@@ -211,5 +226,5 @@ fn video_run_grown_from_an_image_run_then_sample_a_gif() {
 
     // A video model asked for a PNG is refused.
     let o = mdm(&["sample", "--checkpoint", s(&dir.join("video-run")), "--prompt", "x", "--t5", s(&dir.join("t5")), "--out", s(&dir.join("x.png"))]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(".gif"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(".gif or .mp4"));
 }

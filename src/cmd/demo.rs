@@ -2,7 +2,7 @@
 //! an ImageNet-shaped folder of generated photos → `ingest imagenet` → train a tiny 32² UNet →
 //! grow it into a 64²/32² NestedUNet trained on mixed-resolution batches → sample a grid.
 //! With `--video`, then: generated mp4 clips → `ingest webvid` with a tiny random T5 → a tiny
-//! text-to-video UNet → an animated GIF.
+//! text-to-video UNet → an animated GIF and the same clips as an MP4.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +18,7 @@ use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
 use mdm_ingest::sources::RunOptions as IngestRun;
 use mdm_trainer::diffusion::SampleOptions;
 use mdm_trainer::model::Conditioning;
-use mdm_trainer::sample::{gif_bytes, grid, png_bytes, Sampler};
+use mdm_trainer::sample::{clip_frames, gif_bytes, grid, png_bytes, Sampler};
 use mdm_trainer::tch::{Device, Tensor};
 use mdm_trainer::train::{self, RunOptions};
 
@@ -172,6 +172,9 @@ fn video(out: &Path, steps: u64, sample_opts: &SampleOptions) -> Result<bool> {
     let clips = s.sample(&cond, prompts.len() as i64, 0, sample_opts)?;
     std::fs::write(&gif, gif_bytes(&clips, s.run.frames, 4.0)?)?;
     println!("   wrote {} (4 clips of 4 frames, looping at 4 fps; prompts: {})", gif.display(), prompts.join("; "));
+    let mp4 = out.join("samples.mp4");
+    let codec = mdm_ingest::encode::write_mp4(&clip_frames(&clips, s.run.frames)?, 4.0, &mp4)?;
+    println!("   wrote {} (the same frames, {codec:?})", mp4.display());
     Ok(last < first)
 }
 

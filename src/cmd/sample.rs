@@ -1,4 +1,5 @@
-//! `mdm sample`: sample a checkpoint into a PNG grid of every level's output.
+//! `mdm sample`: sample a checkpoint into a PNG grid of every level's output (video models: an
+//! animated GIF or an MP4 of such grids).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,8 @@ use clap::{Args, ValueEnum};
 use mdm_ingest::t5::{EncodeOptions, TextEncoder};
 use mdm_trainer::diffusion::SampleOptions;
 use mdm_trainer::model::Conditioning;
-use mdm_trainer::sample::{gif_bytes, grid, png_bytes, Sampler};
+use mdm_ingest::encode::write_mp4;
+use mdm_trainer::sample::{clip_frames, gif_bytes, grid, png_bytes, Sampler};
 use mdm_trainer::tch::{Device, Kind, Tensor};
 use mdm_trainer::train::config::{CondKind, DeviceChoice};
 use mdm_trainer::train::pick_device;
@@ -50,10 +52,10 @@ pub struct SampleArgs {
     no_ema: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
-    /// Frames per second of a video model's GIF.
+    /// Frames per second of a video model's GIF or MP4.
     #[arg(long, default_value_t = 8.0)]
     fps: f64,
-    /// PNG grid (image models) or animated GIF (video models).
+    /// PNG grid (image models); animated GIF (.gif) or MP4 video (.mp4) for video models.
     #[arg(long)]
     out: PathBuf,
 }
@@ -117,24 +119,31 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         frames: 1, // Sampler::sample sets the model's clip length
     };
     let frames = s.run.frames;
-    let is_gif = a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gif"));
-    if frames > 1 && !is_gif {
-        bail!("this is a video model ({frames} frames per clip): --out must name an animated .gif");
+    let ext = |x: &str| a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
+    let (is_gif, is_mp4) = (ext("gif"), ext("mp4"));
+    if frames > 1 && !is_gif && !is_mp4 {
+        bail!("this is a video model ({frames} frames per clip): --out must name a .gif or .mp4");
     }
-    if frames == 1 && is_gif {
+    if frames == 1 && (is_gif || is_mp4) {
         bail!("this is an image model: --out names a PNG grid");
     }
     if !(a.fps > 0.0 && a.fps <= 100.0) {
         bail!("--fps must be in (0, 100]");
     }
     let levels = s.sample(&cond, n, a.seed, &opts)?;
-    let (bytes, what) = if frames > 1 {
-        (gif_bytes(&levels, frames, a.fps)?, format!("clips of {frames} frames at {} fps", a.fps))
+    let what = if frames > 1 && is_mp4 {
+        let codec = write_mp4(&clip_frames(&levels, frames)?, a.fps, &a.out)?;
+        format!("clips of {frames} frames at {} fps, {codec:?}", a.fps)
     } else {
-        let (w, h, rgb) = grid(&levels)?;
-        (png_bytes(w, h, rgb)?, format!("samples, {w}x{h}"))
+        let (bytes, what) = if frames > 1 {
+            (gif_bytes(&levels, frames, a.fps)?, format!("clips of {frames} frames at {} fps", a.fps))
+        } else {
+            let (w, h, rgb) = grid(&levels)?;
+            (png_bytes(w, h, rgb)?, format!("samples, {w}x{h}"))
+        };
+        std::fs::write(&a.out, bytes).with_context(|| format!("writing {}", a.out.display()))?;
+        what
     };
-    std::fs::write(&a.out, bytes).with_context(|| format!("writing {}", a.out.display()))?;
     println!(
         "wrote {} ({} levels {:?} × {n} {what}) from {}",
         a.out.display(),

@@ -114,20 +114,15 @@ pub fn png_bytes(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>> {
     Ok(out.into_inner())
 }
 
-/// An animated GIF of video samples: frame f shows [`grid`] of every level's frame f (one
-/// row per level, one column per clip), `fps` frames per second, looping. `levels[i]` holds
-/// clips of `frames` frames as consecutive rows.
-pub fn gif_bytes(levels: &[Tensor], frames: i64, fps: f64) -> Result<Vec<u8>> {
-    use image::codecs::gif::{GifEncoder, Repeat};
-    if frames < 1 || levels.iter().any(|l| l.size()[0] % frames != 0) {
+/// The frames of video samples as pictures: frame f is [`grid`] of every level's frame f (one
+/// row per level, one column per clip). `levels[i]` holds clips of `frames` frames as
+/// consecutive rows.
+pub fn clip_frames(levels: &[Tensor], frames: i64) -> Result<Vec<image::RgbImage>> {
+    if frames < 1 || levels.iter().any(|l| l.dim() != 4 || l.size()[0] % frames != 0) {
         return Err(Error::input(format!("levels are not whole clips of {frames} frames")));
     }
-    let mut out = vec![];
-    {
-        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
-        enc.set_repeat(Repeat::Infinite).map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
-        let delay = image::Delay::from_numer_denom_ms((1000.0 / fps).round().max(10.0) as u32, 1);
-        for f in 0..frames {
+    (0..frames)
+        .map(|f| {
             let at: Vec<Tensor> = levels
                 .iter()
                 .map(|l| {
@@ -136,10 +131,22 @@ pub fn gif_bytes(levels: &[Tensor], frames: i64, fps: f64) -> Result<Vec<u8>> {
                 })
                 .collect();
             let (w, h, rgb) = grid(&at)?;
-            let rgba = image::DynamicImage::ImageRgb8(
-                image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| Error::input("grid buffer size"))?,
-            )
-            .to_rgba8();
+            image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| Error::input("grid buffer size"))
+        })
+        .collect()
+}
+
+/// An animated GIF of video samples: the [`clip_frames`] at `fps` frames per second, looping.
+pub fn gif_bytes(levels: &[Tensor], frames: i64, fps: f64) -> Result<Vec<u8>> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let pictures = clip_frames(levels, frames)?;
+    let mut out = vec![];
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
+        enc.set_repeat(Repeat::Infinite).map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
+        let delay = image::Delay::from_numer_denom_ms((1000.0 / fps).round().max(10.0) as u32, 1);
+        for picture in pictures {
+            let rgba = image::DynamicImage::ImageRgb8(picture).to_rgba8();
             enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
                 .map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
         }

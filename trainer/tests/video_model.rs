@@ -418,3 +418,34 @@ fn temporal_block_gradients_match_finite_differences() {
     eprintln!("temporal block: worst relative gradient error {worst:e}");
     assert!(worst < 1e-5, "{worst}");
 }
+
+/// `sample::clip_frames`: frame f is the grid of every level's frame f, clip c in column c.
+#[test]
+fn clip_frames_are_grids_of_each_frame() {
+    use mdm_trainer::sample::{clip_frames, gif_bytes};
+    let (clips, frames) = (2i64, 3i64);
+    // Rows are clip-major (clip c, frame f at row c·F + f); each row is one grey level.
+    let value = |c: i64, f: i64| -1.0 + 0.25 * (c * frames + f) as f64;
+    let level = |side: i64| {
+        let rows: Vec<Tensor> = (0..clips * frames).map(|r| Tensor::full([1, 3, side, side], value(r / frames, r % frames), (Kind::Float, Device::Cpu))).collect();
+        Tensor::cat(&rows, 0)
+    };
+    let levels = [level(16), level(8)];
+    let pictures = clip_frames(&levels, frames).expect("frames");
+    assert_eq!(pictures.len(), 3);
+    for (f, p) in pictures.iter().enumerate() {
+        // two 16² columns, two rows (levels), 2 px gaps
+        assert_eq!(p.dimensions(), (2 * 16 + 3 * 2, 2 * 16 + 3 * 2));
+        for c in 0..clips {
+            let want = ((value(c, f as i64) + 1.0) * 127.5).round() as u8;
+            for row in 0..2 {
+                let (x, y) = (2 + c as u32 * 18 + 7, 2 + row * 18 + 7);
+                assert_eq!(p.get_pixel(x, y).0, [want; 3], "frame {f} clip {c} level {row}");
+            }
+        }
+        assert_eq!(p.get_pixel(0, 0).0, [255; 3]);
+    }
+    assert!(clip_frames(&levels, 4).is_err(), "6 rows are not clips of 4 frames");
+    assert!(clip_frames(&levels, 0).is_err());
+    assert!(gif_bytes(&levels, frames, 8.0).expect("gif").starts_with(b"GIF89a"));
+}
