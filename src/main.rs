@@ -17,7 +17,7 @@ enum Command {
     /// Inspect, verify and merge shard sets.
     #[command(subcommand)]
     Shards(cmd::shards::ShardsCmd),
-    /// Turn datasets as they sit on disk (ImageNet, CC12M) into shards.
+    /// Turn datasets as they sit on disk (ImageNet, CC12M, WebVid) into shards.
     #[command(subcommand)]
     Ingest(cmd::ingest::IngestCmd),
     /// Add or replace T5 caption embeddings of a text shard set (writes a new set).
@@ -37,7 +37,7 @@ enum Command {
     MakeTinyT5(cmd::make_tiny_t5::Args),
     /// Train a (Nested)UNet from shards: checkpoints, exact resume, logs.
     Train(cmd::train::TrainArgs),
-    /// Sample a checkpoint into a PNG grid of every level's output.
+    /// Sample a checkpoint into a PNG grid of every level's output (video: animated GIF or MP4).
     Sample(cmd::sample::SampleArgs),
 }
 

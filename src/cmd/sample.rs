@@ -38,13 +38,16 @@ pub struct SampleArgs {
     /// Samples per prompt/class (or in all, for unconditional models).
     #[arg(long, default_value_t = 4)]
     count: i64,
+    /// Denoising steps (spread evenly over the training schedule's steps).
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Classifier-free guidance scale (1 = off).
     #[arg(long, default_value_t = 7.5)]
     guidance: f64,
+    /// Ancestral DDPM, or deterministic DDIM.
     #[arg(long, value_enum, default_value = "ddpm")]
     sampler: SamplerKind,
+    /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Use the raw weights instead of the EMA.
