@@ -97,7 +97,6 @@ pub enum Mp4Error {
 /// codec the linked FFmpeg has ([`Codec::best`]); returns that codec. See the module docs for
 /// the size, colour and file conventions.
 pub fn write_mp4(frames: &[image::RgbImage], fps: f64, path: &Path) -> Result<Codec, Mp4Error> {
-    init();
     let codec = Codec::best().ok_or(Mp4Error::NoCodec)?;
     write_mp4_with(frames, fps, codec, path)?;
     Ok(codec)
@@ -105,11 +104,12 @@ pub fn write_mp4(frames: &[image::RgbImage], fps: f64, path: &Path) -> Result<Co
 
 /// [`write_mp4`] with a given codec (an error when the linked FFmpeg lacks its encoder).
 pub fn write_mp4_with(frames: &[image::RgbImage], fps: f64, codec: Codec, path: &Path) -> Result<(), Mp4Error> {
-    init();
+    crate::video::quiet_ffmpeg();
     let (width, height) = check_frames(frames)?;
     if !FPS_RANGE.contains(&fps) {
         return Err(Mp4Error::Fps(fps));
     }
+    let encoder = ff::encoder::find_by_name(codec.encoder_name()).ok_or(Mp4Error::NoEncoder { codec })?;
     let Some(name) = path.file_name() else {
         return Err(Mp4Error::Io { path: path.to_path_buf(), source: std::io::Error::other("not a file name") });
     };
@@ -122,7 +122,7 @@ pub fn write_mp4_with(frames: &[image::RgbImage], fps: f64, codec: Codec, path: 
         Some(s) if !s.contains('\0') => format!("file:{s}"),
         _ => return Err(Mp4Error::Path { path: path.to_path_buf() }),
     };
-    let result = encode(frames, (width, height), fps, codec, &url).map_err(|(stage, source)| Mp4Error::Ffmpeg {
+    let result = encode(frames, (width, height), fps, codec, encoder, &url).map_err(|(stage, source)| Mp4Error::Ffmpeg {
         path: path.to_path_buf(),
         stage,
         codec,
@@ -150,21 +150,19 @@ fn check_frames(frames: &[image::RgbImage]) -> Result<(u32, u32), Mp4Error> {
     Ok(expected)
 }
 
-static INIT: std::sync::Once = std::sync::Once::new();
-
-/// FFmpeg prints nothing (libx264 reports its settings and statistics at info level); failures
-/// come back as errors.
-fn init() {
-    INIT.call_once(|| ff::util::log::set_level(ff::util::log::Level::Quiet));
-}
-
 type Failure = (&'static str, ff::Error);
 
 /// Encodes and muxes every frame into `url`; on failure, the stage that failed.
-fn encode(frames: &[image::RgbImage], (w, h): (u32, u32), fps: f64, codec: Codec, url: &str) -> Result<(), Failure> {
+fn encode(
+    frames: &[image::RgbImage],
+    (w, h): (u32, u32),
+    fps: f64,
+    codec: Codec,
+    encoder: ff::Codec,
+    url: &str,
+) -> Result<(), Failure> {
     let (pw, ph) = (w + w % 2, h + h % 2);
     let at = |stage: &'static str| move |e: ff::Error| (stage, e);
-    let encoder = ff::encoder::find_by_name(codec.encoder_name()).ok_or(("finding the encoder", ff::Error::EncoderNotFound))?;
     // SAFETY: pure function of its arguments.
     let rate = ff::Rational::from(unsafe { ffi::av_d2q(fps, 65535) });
     if rate.numerator() <= 0 || rate.denominator() <= 0 {

@@ -121,13 +121,16 @@ pub struct VideoProcessor {
 
 static INIT: std::sync::Once = std::sync::Once::new();
 
+/// Silences FFmpeg's own log (once per process): problems of single videos become rejects with
+/// FFmpeg's message, encoder failures typed errors; libx264 would print its settings at info level.
+pub(crate) fn quiet_ffmpeg() {
+    INIT.call_once(|| ff::util::log::set_level(ff::util::log::Level::Quiet));
+}
+
 impl VideoProcessor {
     /// `settings` must have been validated.
     pub fn new(settings: &VideoSettings) -> Result<Self, Error> {
-        INIT.call_once(|| {
-            // Problems of single videos become rejects with FFmpeg's message; no log spam.
-            ff::util::log::set_level(ff::util::log::Level::Quiet);
-        });
+        quiet_ffmpeg();
         Ok(VideoProcessor {
             settings: settings.clone(),
             compressor: jpeg_compressor(settings.quality).map_err(|e| Error::Codec(e.to_string()))?,
