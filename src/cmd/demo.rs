@@ -170,10 +170,11 @@ fn video(out: &Path, steps: u64, sample_opts: &SampleOptions) -> Result<bool> {
     let s = Sampler::load(&out.join("runs/tiny_video_32"), true, Device::Cpu)?;
     let cond = super::sample::encode_prompts(&t5, &prompts, 1, Device::Cpu)?;
     let clips = s.sample(&cond, prompts.len() as i64, 0, sample_opts)?;
-    std::fs::write(&gif, gif_bytes(&clips, s.run.frames, 4.0)?)?;
+    let pictures = clip_frames(&clips, s.run.frames)?;
+    std::fs::write(&gif, gif_bytes(&pictures, 4.0)?)?;
     println!("   wrote {} (4 clips of 4 frames, looping at 4 fps; prompts: {})", gif.display(), prompts.join("; "));
     let mp4 = out.join("samples.mp4");
-    let codec = mdm_ingest::encode::write_mp4(&clip_frames(&clips, s.run.frames)?, 4.0, &mp4)?;
+    let codec = mdm_ingest::encode::write_mp4(&pictures, 4.0, &mp4)?;
     println!("   wrote {} (the same frames, {codec:?})", mp4.display());
     Ok(last < first)
 }

@@ -134,18 +134,21 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         bail!("--fps must be in (0, 100]");
     }
     let levels = s.sample(&cond, n, a.seed, &opts)?;
-    let what = if frames > 1 && is_mp4 {
-        let codec = write_mp4(&clip_frames(&levels, frames)?, a.fps, &a.out)?;
-        format!("clips of {frames} frames at {} fps, {codec:?}", a.fps)
-    } else {
-        let (bytes, what) = if frames > 1 {
-            (gif_bytes(&levels, frames, a.fps)?, format!("clips of {frames} frames at {} fps", a.fps))
+    let write = |bytes: Vec<u8>| std::fs::write(&a.out, bytes).with_context(|| format!("writing {}", a.out.display()));
+    let what = if frames > 1 {
+        let pictures = clip_frames(&levels, frames)?;
+        let clips = format!("clips of {frames} frames at {} fps", a.fps);
+        if is_mp4 {
+            let codec = write_mp4(&pictures, a.fps, &a.out)?;
+            format!("{clips}, {codec:?}")
         } else {
-            let (w, h, rgb) = grid(&levels)?;
-            (png_bytes(w, h, rgb)?, format!("samples, {w}x{h}"))
-        };
-        std::fs::write(&a.out, bytes).with_context(|| format!("writing {}", a.out.display()))?;
-        what
+            write(gif_bytes(&pictures, a.fps)?)?;
+            clips
+        }
+    } else {
+        let (w, h, rgb) = grid(&levels)?;
+        write(png_bytes(w, h, rgb)?)?;
+        format!("samples, {w}x{h}")
     };
     println!(
         "wrote {} ({} levels {:?} × {n} {what}) from {}",

@@ -136,17 +136,17 @@ pub fn clip_frames(levels: &[Tensor], frames: i64) -> Result<Vec<image::RgbImage
         .collect()
 }
 
-/// An animated GIF of video samples: the [`clip_frames`] at `fps` frames per second, looping.
-pub fn gif_bytes(levels: &[Tensor], frames: i64, fps: f64) -> Result<Vec<u8>> {
+/// An animated GIF of video samples' [`clip_frames`] at `fps` frames per second, looping.
+pub fn gif_bytes(pictures: &[image::RgbImage], fps: f64) -> Result<Vec<u8>> {
+    use image::buffer::ConvertBuffer;
     use image::codecs::gif::{GifEncoder, Repeat};
-    let pictures = clip_frames(levels, frames)?;
     let mut out = vec![];
     {
         let mut enc = GifEncoder::new_with_speed(&mut out, 10);
         enc.set_repeat(Repeat::Infinite).map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
         let delay = image::Delay::from_numer_denom_ms((1000.0 / fps).round().max(10.0) as u32, 1);
         for picture in pictures {
-            let rgba = image::DynamicImage::ImageRgb8(picture).to_rgba8();
+            let rgba: image::RgbaImage = picture.convert();
             enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
                 .map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
         }

@@ -447,5 +447,5 @@ fn clip_frames_are_grids_of_each_frame() {
     }
     assert!(clip_frames(&levels, 4).is_err(), "6 rows are not clips of 4 frames");
     assert!(clip_frames(&levels, 0).is_err());
-    assert!(gif_bytes(&levels, frames, 8.0).expect("gif").starts_with(b"GIF89a"));
+    assert!(gif_bytes(&pictures, 8.0).expect("gif").starts_with(b"GIF89a"));
 }
