@@ -33,6 +33,9 @@ pub enum Error {
     /// Training produced a non-finite loss or gradient; the weights were not updated.
     #[error("step {step}: non-finite loss {loss} or gradient norm {grad_norm}; stopped before updating the weights (last good checkpoint: {})", .checkpoint.as_ref().map_or("none".to_string(), |p| p.display().to_string()))]
     NonFinite { step: u64, loss: f64, grad_norm: f64, checkpoint: Option<PathBuf> },
+    /// Data-parallel training failed: launch environment, rendezvous or a collective.
+    #[error("rank {rank}: {msg}")]
+    Dist { rank: usize, msg: String },
     /// libtorch reported an error (with the file involved, if any).
     #[error("libtorch{}: {source}", path_suffix(.path))]
     Torch {

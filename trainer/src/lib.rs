@@ -9,6 +9,7 @@
 //! - [`growth`]: initialising a NestedUNet from a lower-resolution checkpoint;
 //! - [`weights`]: safetensors checkpoints under ml-mdm's key names;
 //! - [`train`]: training runs (config, AdamW/EMA, checkpoints, exact resume, logs);
+//! - [`dist`]: data-parallel training on c10d (TCPStore + Gloo), torchrun/Slurm launch;
 //! - [`sample`]: sampling a checkpoint into PNG grids of every level;
 //! - [`cuda`]: loading libtorch's CUDA backend (call before the first CUDA query).
 //!
@@ -40,6 +41,7 @@
 pub mod config;
 pub mod cuda;
 pub mod diffusion;
+pub mod dist;
 pub mod error;
 pub mod flops;
 pub mod growth;

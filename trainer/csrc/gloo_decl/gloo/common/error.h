@@ -1,0 +1,2 @@
+// See ../README.md: declarations for ProcessGroupGloo.hpp only.
+#pragma once
