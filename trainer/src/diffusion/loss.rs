@@ -39,6 +39,9 @@ pub struct TrainInputs {
     pub x_t: Vec<Tensor>,
     /// Per level: the loss target (ε for `loss_target_type = DDPM`).
     pub targets: Vec<Tensor>,
+    /// Grouped inputs: each level's share of the whole global batch (all ranks), which its
+    /// loss is renormalised by; `None`: this batch's own shares.
+    pub shares: Option<Vec<f64>>,
 }
 
 /// The loss of one batch.
@@ -177,6 +180,7 @@ impl NestedDiffusion {
             eps,
             x_t,
             targets,
+            shares: None,
         })
     }
 
@@ -198,6 +202,12 @@ impl NestedDiffusion {
     /// average-pooled down, so `x_t[i]` has their count of rows; `time` covers the whole batch
     /// in group order. Draws the noise with libtorch's RNG.
     pub fn inputs_grouped(&self, groups: &[Tensor], time: &Tensor) -> Result<TrainInputs> {
+        self.inputs_grouped_with(groups, time, None)
+    }
+
+    /// [`NestedDiffusion::inputs_grouped`] with given noise (one tensor per level, shaped like
+    /// that level's images), e.g. drawn per sample so that it does not depend on the batch.
+    pub fn inputs_grouped_with(&self, groups: &[Tensor], time: &Tensor, noise: Option<Vec<Tensor>>) -> Result<TrainInputs> {
         if groups.len() != self.levels() {
             return Err(Error::input(format!("{} image groups for {} levels", groups.len(), self.levels())));
         }
@@ -217,12 +227,20 @@ impl NestedDiffusion {
         if images.last().map(|x| x.size()[0]) != Some(b) {
             return Err(Error::input("time must have one entry per sample of all groups"));
         }
+        if let Some(noise) = &noise {
+            if noise.len() != images.len() || noise.iter().zip(&images).any(|(e, x)| e.size() != x.size()) {
+                return Err(Error::input("noise must have one tensor per level with that level's image shape"));
+            }
+        }
         let (mut gamma, mut gamma_last, mut x_t, mut targets, mut eps) = (vec![], vec![], vec![], vec![], vec![]);
         let tgt = self.cfg.loss_target();
         for (i, x) in images.iter().enumerate() {
             let n = x.size()[0];
             let t = time.narrow(0, 0, n);
-            let e = x.randn_like();
+            let e = match &noise {
+                Some(noise) => noise[i].to_kind(x.kind()),
+                None => x.randn_like(),
+            };
             let g = self.schedule.gamma(i, &(&t + 1));
             let gl = self.schedule.gamma(i, &t);
             let xs = x / self.signal_scale[i];
@@ -233,7 +251,7 @@ impl NestedDiffusion {
             gamma_last.push(gl);
             eps.push(e);
         }
-        Ok(TrainInputs { time: time.shallow_clone(), gamma, gamma_last, images, eps, x_t, targets })
+        Ok(TrainInputs { time: time.shallow_clone(), gamma, gamma_last, images, eps, x_t, targets, shares: None })
     }
 
     /// Batch size each level's network input keeps (mixed-resolution batches).
@@ -317,10 +335,11 @@ impl NestedDiffusion {
                         .to_kind(Kind::Float);
                     l = l / m[i] * keep;
                 }
-            } else if rows < b {
-                // Grouped inputs: the level's share of the batch is rows/b; renormalise like
-                // ml-mdm's mixed_ratio and leave the other samples at zero.
-                let share = rows as f64 / b as f64;
+            } else if rows < b || inputs.shares.is_some() {
+                // Grouped inputs: the level's share of the batch is rows/b (or of the global
+                // batch, when given); renormalise like ml-mdm's mixed_ratio and leave the
+                // other samples at zero.
+                let share = inputs.shares.as_ref().map_or(rows as f64 / b as f64, |s| s[i]);
                 l = if rows > 0 { l / share } else { l };
                 l = l.constant_pad_nd([0, b - rows]);
             }

@@ -6,7 +6,7 @@ use mdm_shards::EmbeddingDType;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{drop_labels, Conditioning};
+use crate::model::Conditioning;
 use crate::train::config::CondKind;
 
 /// One micro-batch on the device.
@@ -19,6 +19,9 @@ pub struct TrainBatch {
     pub cond: Conditioning,
     /// Sample ids in group order.
     pub ids: Vec<String>,
+    /// Each sample's index in the loader's global step (all ranks), in group order: what its
+    /// random draws are keyed by.
+    pub index: Vec<u64>,
     /// Frames per sample: a video clip's frames are consecutive rows of its group (1 for
     /// images); `cond` has one row per sample.
     pub frames: i64,
@@ -93,7 +96,8 @@ pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, frames: i64, dev
             }
         }
     };
-    Ok(TrainBatch { groups, cond, ids: order.iter().map(|&r| batch.ids[r].clone()).collect(), frames })
+    let index = order.iter().map(|&r| batch.positions[r].saturating_sub(batch.position)).collect();
+    Ok(TrainBatch { groups, cond, ids: order.iter().map(|&r| batch.ids[r].clone()).collect(), index, frames })
 }
 
 /// (B,T,D) float states and (B,T) float mask; a sample without an embedding gets the null
@@ -154,10 +158,28 @@ pub fn cfg_dropout(cond: Conditioning, p: f64, null_class: Option<i64>) -> Resul
     if p <= 0.0 {
         return Ok(cond);
     }
+    let b = match &cond {
+        Conditioning::Text { tokens, .. } => tokens.size()[0],
+        Conditioning::Class(c) => c.size()[0],
+        Conditioning::None => return Ok(cond),
+    };
+    let device = match &cond {
+        Conditioning::Text { tokens, .. } => tokens.device(),
+        Conditioning::Class(c) => c.device(),
+        Conditioning::None => Device::Cpu,
+    };
+    cfg_dropout_with(cond, &Tensor::rand([b], (Kind::Float, device)), p, null_class)
+}
+
+/// [`cfg_dropout`] with given uniform draws `u` (B,): sample i keeps its condition when
+/// `u[i] ≥ p` (draws made per sample do not depend on the batch they ride in).
+pub fn cfg_dropout_with(cond: Conditioning, u: &Tensor, p: f64, null_class: Option<i64>) -> Result<Conditioning> {
+    if p <= 0.0 {
+        return Ok(cond);
+    }
     Ok(match cond {
         Conditioning::Text { tokens, mask } => {
-            let b = tokens.size()[0];
-            let keep = Tensor::rand([b], (Kind::Float, tokens.device())).ge(p);
+            let keep = u.to_device(tokens.device()).ge(p);
             let keep_f = keep.to_kind(tokens.kind());
             let tokens = tokens * keep_f.view([-1, 1, 1]);
             let null_mask = mask.zeros_like();
@@ -167,7 +189,8 @@ pub fn cfg_dropout(cond: Conditioning, p: f64, null_class: Option<i64>) -> Resul
         }
         Conditioning::Class(c) => {
             let null = null_class.ok_or_else(|| Error::input("class dropout needs a model with a null class"))?;
-            Conditioning::Class(drop_labels(&c, p, null))
+            let keep = u.to_device(c.device()).ge(p);
+            Conditioning::Class(c.where_self(&keep, &c.full_like(null)))
         }
         Conditioning::None => Conditioning::None,
     })

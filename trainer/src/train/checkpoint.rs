@@ -35,6 +35,12 @@ pub struct CheckpointState {
     /// How the random streams continue: they are derived from (seed, step, micro-batch).
     pub rng: String,
     pub has_ema: bool,
+    /// Ranks of the run that wrote it (0: written before data-parallel runs existed).
+    #[serde(default)]
+    pub world_size: u64,
+    /// Samples per loader step over all ranks (`batch_size` × ranks; 0: unknown).
+    #[serde(default)]
+    pub global_batch: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -192,8 +198,10 @@ pub fn new_state(step: u64, seed: u64, samples: u64, loader: LoaderState, has_em
         seed,
         samples,
         loader,
-        rng: "libtorch reseeded each micro-batch from (seed, step, micro)".into(),
+        rng: "libtorch reseeded per sample from (seed, step, micro, index in the global step)".into(),
         has_ema,
+        world_size: 1,
+        global_batch: 0,
     }
 }
 

@@ -20,6 +20,10 @@ pub struct StepLog {
     pub lr: f64,
     pub grad_norm: f64,
     pub samples: u64,
+    /// Data-parallel runs: each rank's (step seconds, loader-wait seconds), rank order.
+    pub ranks: Vec<(f64, f64)>,
+    /// Data-parallel runs: seconds of the gradient all-reduce.
+    pub comm_secs: f64,
 }
 
 /// Writes the logs of one run.
@@ -74,20 +78,30 @@ impl Logger {
 
     /// Records every step in `losses.jsonl` (exact f64 values).
     pub fn step(&mut self, s: &StepLog) -> Result<()> {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "step": s.step, "loss": s.loss, "levels": s.level_losses, "lr": s.lr,
             "grad_norm": s.grad_norm, "samples": s.samples,
         });
+        if !s.ranks.is_empty() {
+            line["rank_step_s"] = s.ranks.iter().map(|r| r.0).collect::<Vec<_>>().into();
+            line["rank_wait_s"] = s.ranks.iter().map(|r| r.1).collect::<Vec<_>>().into();
+            line["comm_s"] = s.comm_secs.into();
+        }
         writeln!(self.losses, "{line}").map_err(|source| Error::Io { path: self.losses_path.clone(), source })
     }
 
     /// The progress line and TensorBoard scalars (every `log_every` steps).
     /// `per_s`: samples (images or clips) per second.
     pub fn report(&mut self, s: &StepLog, total_steps: u64, per_s: f64, wait_frac: f64) -> Result<()> {
+        // Data-parallel: the slowest rank, what users debug.
+        let slowest = s.ranks.iter().enumerate().max_by(|a, b| a.1 .0.total_cmp(&b.1 .0));
         if !self.quiet {
             let levels: Vec<String> = s.level_losses.iter().map(|l| format!("{l:.4}")).collect();
+            let ranks = slowest.map_or(String::new(), |(r, (t, w))| {
+                format!(" | slowest rank {r}: step {:.3} s, loader wait {:.3} s; all-reduce {:.3} s", t, w, s.comm_secs)
+            });
             eprintln!(
-                "step {}/{} loss {:.4} [{}] lr {:.2e} gnorm {:.3} {:.1} {}/s loader wait {:.0}%",
+                "step {}/{} loss {:.4} [{}] lr {:.2e} gnorm {:.3} {:.1} {}/s loader wait {:.0}%{ranks}",
                 s.step,
                 total_steps,
                 s.loss,
@@ -110,6 +124,13 @@ impl Logger {
         put("optim/grad_norm", s.grad_norm)?;
         put(&format!("speed/{}_per_s", self.unit), per_s)?;
         put("speed/loader_wait_frac", wait_frac)?;
+        for (r, (t, w)) in s.ranks.iter().enumerate() {
+            put(&format!("ranks/step_s/{r}"), *t)?;
+            put(&format!("ranks/loader_wait_s/{r}"), *w)?;
+        }
+        if !s.ranks.is_empty() {
+            put("ranks/allreduce_s", s.comm_secs)?;
+        }
         self.tb.flush().map_err(|e| tb_err(&self.tb_dir, e))?;
         self.losses.flush().map_err(|source| Error::Io { path: self.losses_path.clone(), source })
     }

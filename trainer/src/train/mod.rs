@@ -6,10 +6,18 @@
 //! - [`checkpoint`]: atomic checkpoint folders, keep-last-K, exact resume;
 //! - [`log`]: progress line, `losses.jsonl`, TensorBoard.
 //!
-//! Every micro-batch reseeds libtorch from (seed, step, micro), so the noise, times and
-//! dropout of a step do not depend on what ran before: with the loader's cursor, the weights,
-//! the EMA and the moments, a resumed run repeats the uninterrupted run's losses exactly
-//! (on CPU; CUDA kernels may not be bitwise deterministic).
+//! Every sample's time, noise and CFG dropout come from libtorch reseeded with (seed, step,
+//! micro-batch, the sample's index in the global step), so they depend neither on what ran
+//! before nor on how the step is split over ranks: with the loader's cursor, the weights, the
+//! EMA and the moments, a resumed run repeats the uninterrupted run's losses exactly (on CPU;
+//! CUDA kernels may not be bitwise deterministic), and N ranks of batch B train as one rank of
+//! batch N·B.
+//!
+//! Data-parallel runs ([`crate::dist`]): rank 0's weights are broadcast at the start; each
+//! optimizer step all-reduces one small vector (losses, non-finite and stop flags, per-rank
+//! timings) and, after the last micro-batch, the flat fp32 gradient, averaged; every rank
+//! then takes the same AdamW step. Rank 0 alone writes logs and checkpoints; a checkpoint
+//! ends with a barrier, so it exists only once every rank reached its step.
 
 pub mod batch;
 pub mod checkpoint;
@@ -20,12 +28,13 @@ pub mod optim;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mdm_loader::{Loader, LoaderBuilder};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::diffusion::{NestedDiffusion, SampleOptions};
+use crate::dist::{Group, Launch};
 use crate::error::{Error, Result};
 use crate::model::{MdmUNet, Micros};
 use crate::sample::{grid, png_bytes, sample_levels};
@@ -51,7 +60,15 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop after this many steps of this invocation (tests; a checkpoint is written).
     pub stop_after: Option<u64>,
+    /// This process's rank in a data-parallel run (`None`: the only one).
+    pub launch: Option<Launch>,
+    /// Rendezvous and collective timeout of a data-parallel run (default 300 s): a rank that
+    /// dies makes the others fail within it.
+    pub dist_timeout: Option<Duration>,
 }
+
+/// Default [`RunOptions::dist_timeout`].
+pub const DEFAULT_DIST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A seed for one micro-batch: splitmix64 of (seed, step, micro).
 pub fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
@@ -61,16 +78,108 @@ pub fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// The device a config asks for.
+/// The seed of one sample's draws: splitmix64 of (seed, step, micro, index in the global step).
+pub fn sample_seed(seed: u64, step: u64, micro: u64, index: u64) -> i64 {
+    step_seed(step_seed(seed, step, micro) as u64, index, 0x5A17)
+}
+
+/// The device a config asks for; `local_rank` picks the CUDA device.
 pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
+    pick_device_for(choice, 0)
+}
+
+/// [`pick_device`] for the rank with `local_rank` on its host (`cuda:LOCAL_RANK`).
+pub fn pick_device_for(choice: DeviceChoice, local_rank: usize) -> Result<Device> {
+    let cuda = || {
+        let n = tch::Cuda::device_count() as usize;
+        if local_rank >= n {
+            return Err(Error::input(format!("local rank {local_rank} needs cuda:{local_rank}, but libtorch sees {n} CUDA devices")));
+        }
+        Ok(Device::Cuda(local_rank))
+    };
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda if !tch::Cuda::is_available() => {
             Err(Error::input("run.device = \"cuda\" but libtorch sees no CUDA device"))
         }
-        DeviceChoice::Cuda => Ok(Device::Cuda(0)),
-        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cuda => cuda(),
+        DeviceChoice::Auto if tch::Cuda::is_available() => cuda(),
+        DeviceChoice::Auto => Ok(Device::Cpu),
     }
+}
+
+/// One sample-keyed set of draws for a micro-batch (see [`draw_samples`]).
+#[derive(Debug)]
+pub struct Draws {
+    /// (clips,) int64 diffusion times.
+    pub time: Tensor,
+    /// (clips,) uniform draws for CFG dropout.
+    pub uniform: Tensor,
+    /// Per level, the noise of that level's rows (its samples in group order).
+    pub noise: Vec<Tensor>,
+}
+
+/// Draws t, the dropout uniform and every level's noise of each sample from libtorch
+/// reseeded with [`sample_seed`]: `index` is each sample's index in the global step (group
+/// order), `group_sizes` the samples per level group, `sides` the level sides. A sample of
+/// group j has noise at levels j.. (it trains those), `frames` rows each.
+#[allow(clippy::too_many_arguments)]
+pub fn draw_samples(
+    seed: (u64, u64, u64),
+    index: &[u64],
+    group_sizes: &[i64],
+    sides: &[u32],
+    frames: i64,
+    steps: i64,
+    device: Device,
+) -> Result<Draws> {
+    if group_sizes.iter().sum::<i64>() != index.len() as i64 || group_sizes.len() != sides.len() {
+        return Err(Error::input("draws: group sizes do not match the samples or the levels"));
+    }
+    let levels = sides.len();
+    let mut group_of = vec![];
+    for (j, &n) in group_sizes.iter().enumerate() {
+        group_of.extend(std::iter::repeat_n(j, n as usize));
+    }
+    let (mut time, mut uniform) = (vec![], vec![]);
+    let mut noise: Vec<Vec<Tensor>> = (0..levels).map(|_| vec![]).collect();
+    for (&idx, &g) in index.iter().zip(&group_of) {
+        tch::manual_seed(sample_seed(seed.0, seed.1, seed.2, idx));
+        time.push(Tensor::randint(steps, [1], (Kind::Int64, Device::Cpu)));
+        uniform.push(Tensor::rand([1], (Kind::Float, Device::Cpu)));
+        for (i, level) in noise.iter_mut().enumerate().skip(g) {
+            let s = sides[i] as i64;
+            level.push(Tensor::randn([frames, 3, s, s], (Kind::Float, device)));
+        }
+    }
+    let cat = |v: &[Tensor], empty: Tensor| if v.is_empty() { empty } else { Tensor::cat(v, 0) };
+    let noise = noise
+        .iter()
+        .zip(sides)
+        .map(|(v, &s)| cat(v, Tensor::zeros([0, 3, s as i64, s as i64], (Kind::Float, device))))
+        .collect();
+    Ok(Draws {
+        time: cat(&time, Tensor::zeros([0], (Kind::Int64, Device::Cpu))).to_device(device),
+        uniform: cat(&uniform, Tensor::zeros([0], (Kind::Float, Device::Cpu))).to_device(device),
+        noise,
+    })
+}
+
+/// Each level's share of the global batch: level i trains the samples of groups 0..=i.
+pub fn level_shares(global_group_sizes: &[f64]) -> Vec<f64> {
+    let total: f64 = global_group_sizes.iter().sum();
+    let mut acc = 0.0;
+    global_group_sizes
+        .iter()
+        .map(|n| {
+            acc += n;
+            if total > 0.0 {
+                acc / total
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// A run in progress: model, optimizer, loader and logs.
@@ -82,13 +191,18 @@ pub struct Trainer {
     pub opt: FlatOptimizer,
     pub loader: Loader,
     pub device: Device,
-    logger: Logger,
+    /// The process group of a data-parallel run.
+    pub group: Option<Group>,
+    /// Rank 0's logs (`None` on the other ranks).
+    logger: Option<Logger>,
     samples: u64,
     stop: Arc<AtomicBool>,
     config_toml: String,
     /// Text runs: the T5 states of the first samples this process trained on, which the
     /// TensorBoard sample grids use as their prompts.
     sample_text: Option<crate::model::Conditioning>,
+    /// Samples per loader step over all ranks.
+    global_batch: u64,
 }
 
 impl Trainer {
@@ -101,9 +215,21 @@ impl Trainer {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        std::fs::create_dir_all(&out).map_err(io(&out))?;
-        checkpoint::clean_partial(&out)?;
-        let existing = checkpoint::list(&out)?;
+        let group = match &opts.launch {
+            Some(l) => Some(Group::connect(l, opts.dist_timeout.unwrap_or(DEFAULT_DIST_TIMEOUT))?),
+            None => None,
+        };
+        let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.world));
+        let lead = rank == 0;
+        let quiet = opts.quiet || !lead;
+        if lead {
+            std::fs::create_dir_all(&out).map_err(io(&out))?;
+            checkpoint::clean_partial(&out)?;
+        }
+        if let Some(g) = &group {
+            g.barrier("start-up (rank 0 preparing the run folder)")?;
+        }
+        let existing = if out.exists() { checkpoint::list(&out)? } else { vec![] };
         if !opts.resume && !existing.is_empty() {
             return Err(Error::Input {
                 path: Some(out.clone()),
@@ -113,8 +239,21 @@ impl Trainer {
         if let Some(t) = cfg.run.threads {
             tch::set_num_threads(t);
         }
-        let device = pick_device(cfg.run.device)?;
-        let config_toml = run.to_toml();
+        let device = pick_device_for(cfg.run.device, opts.launch.as_ref().map_or(0, |l| l.local_rank))?;
+        let global_batch = cfg.data.batch_size * world as u64;
+        let config_toml = if world > 1 {
+            format!(
+                "# data-parallel: {world} ranks x batch_size {} = global batch {global_batch} (x grad_accum {} per optimizer step)\n{}",
+                cfg.data.batch_size,
+                cfg.data.grad_accum,
+                run.to_toml()
+            )
+        } else {
+            run.to_toml()
+        };
+        if let Some(g) = &group {
+            g.check_same(config_hash(&run.to_toml()), "the resolved config (rerun every rank with the same config file)")?;
+        }
         tch::manual_seed(step_seed(cfg.run.seed, u64::MAX, 0));
         let vs = VarStore::new(device);
         let model = MdmUNet::new(&vs.root(), &run.model)?;
@@ -123,7 +262,7 @@ impl Trainer {
         let resume_from = if opts.resume { existing.last().map(|(_, p)| p.clone()) } else { None };
         if resume_from.is_none() {
             if let Some(p) = &cfg.progressive {
-                grow(&vs, &model, p, opts.quiet)?;
+                grow(&vs, &model, p, quiet)?;
             }
         }
         let working = (cfg.run.precision == Precision::Bf16).then_some(Kind::BFloat16);
@@ -132,22 +271,36 @@ impl Trainer {
         let mut samples = 0;
         match &resume_from {
             Some(dir) => {
-                check_same_run(dir, &run)?;
                 let st = checkpoint::read_state(dir)?;
+                check_same_run(dir, &run, st.global_batch, global_batch)?;
                 checkpoint::restore(dir, &vs, &mut opt, &st)?;
                 loader_state = Some(st.loader);
                 samples = st.samples;
-                Logger::truncate_after(&out, st.step)?;
-                if !opts.quiet {
+                if lead {
+                    Logger::truncate_after(&out, st.step)?;
+                }
+                if !quiet {
                     eprintln!("resuming from {} (step {})", dir.display(), st.step);
                 }
             }
-            None => {
+            None if lead => {
                 std::fs::write(out.join("config.toml"), &config_toml).map_err(io(&out.join("config.toml")))?;
                 Logger::truncate_after(&out, 0)?;
             }
+            None => {}
         }
-        let loader = build_loader(&run, loader_state)?;
+        if let Some(g) = &group {
+            // Identical start: rank 0's weights, moments and EMA everywhere.
+            let _ng = tch::no_grad_guard();
+            g.broadcast(&opt.master, 0, "broadcast of rank 0's weights")?;
+            g.broadcast(&opt.exp_avg, 0, "broadcast of rank 0's moments")?;
+            g.broadcast(&opt.exp_avg_sq, 0, "broadcast of rank 0's moments")?;
+            if let Some(e) = &opt.ema {
+                g.broadcast(e, 0, "broadcast of rank 0's EMA")?;
+            }
+            opt.sync_working();
+        }
+        let loader = build_loader_for(&run, loader_state, rank as u64, world as u64)?;
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             // A second signal while the checkpoint is being written exits at once.
@@ -155,8 +308,8 @@ impl Trainer {
                 .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
                 .map_err(|source| Error::Io { path: "<signal handler>".into(), source })?;
         }
-        let logger = Logger::open(&out, opts.quiet, run.frames > 1)?;
-        if !opts.quiet {
+        let logger = if lead { Some(Logger::open(&out, quiet, run.frames > 1)?) } else { None };
+        if !quiet {
             eprintln!(
                 "model: {} levels {:?}, {} trainable parameters ({} tensors); device {device:?}, {:?}; {} samples per epoch",
                 run.sides.len(),
@@ -166,43 +319,70 @@ impl Trainer {
                 cfg.run.precision,
                 loader.epoch_len()
             );
+            if let (Some(l), Some(g)) = (&opts.launch, &group) {
+                eprintln!(
+                    "data-parallel ({}): {} ranks, global batch {global_batch}, Gloo at {}:{}, timeout {:?}",
+                    l.launcher,
+                    g.world,
+                    l.master_addr,
+                    l.master_port,
+                    g.timeout()
+                );
+            }
         }
-        Ok(Trainer { run, vs, model, diffusion, opt, loader, device, logger, samples, stop, config_toml, sample_text: None })
+        Ok(Trainer {
+            run,
+            vs,
+            model,
+            diffusion,
+            opt,
+            loader,
+            device,
+            group,
+            logger,
+            samples,
+            stop,
+            config_toml,
+            sample_text: None,
+            global_batch,
+        })
     }
 
-    /// Trains up to `run.steps` (or until SIGINT/SIGTERM, or `stop_after` steps); writes
-    /// checkpoints on the way and at the end. A non-finite loss or gradient stops the run with
-    /// an error before the weights change, leaving the last checkpoint as it was.
+    /// Trains up to `run.steps` (or until SIGINT/SIGTERM on any rank, or `stop_after` steps);
+    /// writes checkpoints on the way and at the end. A non-finite loss or gradient on any rank
+    /// stops the run with an error before the weights change, leaving the last checkpoint as
+    /// it was.
     pub fn train(&mut self, opts: &RunOptions) -> Result<Outcome> {
         let total = self.run.config.run.steps;
         let started_at = self.opt.step;
         let (log_every, ckpt_every) = (self.run.config.run.log_every, self.run.config.run.checkpoint_every);
-        let mut window = (Instant::now(), 0u64, self.loader.stats().consumer_wait);
+        let mut window = (Instant::now(), self.samples, self.loader.stats().consumer_wait);
         let mut last_ckpt = None;
         while self.opt.step < total {
-            let log = self.step()?;
-            self.logger.step(&log)?;
+            let (log, interrupted) = self.step()?;
             let step = self.opt.step;
-            if step.is_multiple_of(log_every) || step == total {
-                let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-                let wait = self.loader.stats().consumer_wait;
-                let wait_frac = (wait - window.2).as_secs_f64() / secs;
-                let img_s = (log.samples - window.1.min(log.samples)) as f64 / secs;
-                self.logger.report(&log, total, img_s, wait_frac)?;
-                window = (Instant::now(), log.samples, wait);
+            if let Some(logger) = &mut self.logger {
+                logger.step(&log)?;
+                if step.is_multiple_of(log_every) || step == total {
+                    let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+                    let wait = self.loader.stats().consumer_wait;
+                    let wait_frac = (wait - window.2).as_secs_f64() / secs;
+                    let img_s = (log.samples - window.1.min(log.samples)) as f64 / secs;
+                    logger.report(&log, total, img_s, wait_frac)?;
+                    window = (Instant::now(), log.samples, wait);
+                }
             }
             let every = self.run.config.sample.every;
-            if every > 0 && step.is_multiple_of(every) {
+            if every > 0 && step.is_multiple_of(every) && self.logger.is_some() {
                 self.log_samples()?;
             }
-            let interrupted = self.stop.load(Ordering::Relaxed);
             let stopping = opts.stop_after.is_some_and(|n| step - started_at >= n);
             if step.is_multiple_of(ckpt_every) || step == total || interrupted || stopping {
                 last_ckpt = Some(self.save()?);
             }
             if interrupted || stopping {
                 let checkpoint = last_ckpt.expect("saved above");
-                if interrupted && !opts.quiet {
+                if interrupted && self.logger.is_some() && !opts.quiet {
                     eprintln!("interrupted: checkpoint {} written", checkpoint.display());
                 }
                 return Ok(Outcome::Interrupted { step, checkpoint });
@@ -215,12 +395,16 @@ impl Trainer {
         Ok(Outcome::Finished { step: self.opt.step, checkpoint })
     }
 
-    /// One optimizer step over `grad_accum` micro-batches.
-    fn step(&mut self) -> Result<StepLog> {
+    /// One optimizer step over `grad_accum` micro-batches; also says whether any rank was
+    /// asked to stop (SIGINT/SIGTERM).
+    fn step(&mut self) -> Result<(StepLog, bool)> {
+        let started = Instant::now();
+        let wait_before = self.loader.stats().consumer_wait;
         let cfg = &self.run.config;
         let step = self.opt.step;
         let accum = cfg.data.grad_accum;
         let levels = self.model.num_levels();
+        let world = self.group.as_ref().map_or(1, |g| g.world);
         self.opt.zero_grad();
         let (mut loss, mut per_level) = (0.0, vec![0.0; levels]);
         for micro in 0..accum {
@@ -229,55 +413,129 @@ impl Trainer {
                 .next()
                 .ok_or_else(|| Error::input("the loader stopped"))?
                 .map_err(|e| Error::input(format!("loader: {e}")))?;
-            tch::manual_seed(step_seed(cfg.run.seed, step, micro));
             let tb = batch::to_tensors(&batch, &self.run.sides, self.run.cond, self.run.frames, self.device)?;
-            self.samples += tb.len() as u64;
             if self.sample_text.is_none() && matches!(tb.cond, crate::model::Conditioning::Text { .. }) {
                 self.sample_text = Some(tb.cond.narrow(self.run.config.sample.count.min(tb.len() as i64)));
             }
-            let cond = batch::cfg_dropout(tb.cond, cfg.data.cfg_dropout, self.model.null_class())?;
-            let (l, levels) = forward_backward(&self.model, &self.diffusion, &tb.groups, &cond, tb.frames)?;
+            let sizes: Vec<i64> = tb.groups.iter().map(|g| g.size()[0] / tb.frames).collect();
+            // Levels are normalised by their share of the whole global batch.
+            let global = Tensor::from_slice(&sizes.iter().map(|&n| n as f64).collect::<Vec<_>>());
+            if let Some(g) = &self.group {
+                g.all_reduce_sum(&global, &format!("group-size all-reduce at step {}", step + 1))?;
+            }
+            let shares = level_shares(&Vec::<f64>::try_from(&global)?);
+            let draws = draw_samples(
+                (cfg.run.seed, step, micro),
+                &tb.index,
+                &sizes,
+                &self.run.sides,
+                tb.frames,
+                self.diffusion.schedule.steps,
+                self.device,
+            )?;
+            let cond = batch::cfg_dropout_with(tb.cond, &draws.uniform, cfg.data.cfg_dropout, self.model.null_class())?;
+            let (l, lv) = forward_backward_with(&self.model, &self.diffusion, &tb.groups, &cond, tb.frames, &draws, Some(shares))?;
             loss += l;
-            for (acc, t) in per_level.iter_mut().zip(levels) {
+            for (acc, t) in per_level.iter_mut().zip(lv) {
                 *acc += t;
             }
         }
         let n = accum as f64;
         loss /= n;
         per_level.iter_mut().for_each(|x| *x /= n);
-        let stepped = if loss.is_finite() { self.opt.step(n) } else { Err(f64::NAN) };
-        let st = match stepped {
-            Ok(st) => st,
-            Err(grad_norm) => {
-                return Err(Error::NonFinite {
-                    step: step + 1,
-                    loss,
-                    grad_norm,
-                    checkpoint: checkpoint::list(&cfg.run.out)?.pop().map(|(_, p)| p),
-                })
-            }
+        // One small all-reduce: losses, flags, this rank's step and loader-wait times.
+        let step_secs = started.elapsed().as_secs_f64();
+        let wait_secs = (self.loader.stats().consumer_wait - wait_before).as_secs_f64();
+        let rank = self.group.as_ref().map_or(0, |g| g.rank);
+        let nonfinite = !loss.is_finite();
+        let mut v = vec![if nonfinite { 0.0 } else { loss }];
+        v.extend(per_level.iter().map(|x| if x.is_finite() { *x } else { 0.0 }));
+        v.push(nonfinite as u8 as f64);
+        v.push(self.stop.load(Ordering::Relaxed) as u8 as f64);
+        let mut timing = vec![0.0; 2 * world];
+        timing[2 * rank] = step_secs;
+        timing[2 * rank + 1] = wait_secs;
+        v.extend(timing);
+        let stats = Tensor::from_slice(&v);
+        if let Some(g) = &self.group {
+            g.all_reduce_sum(&stats, &format!("loss all-reduce at step {}", step + 1))?;
+        }
+        let v = Vec::<f64>::try_from(&stats)?;
+        let w = world as f64;
+        let (any_nonfinite, stop) = (v[1 + levels] > 0.0, v[2 + levels] > 0.0);
+        if !nonfinite {
+            loss = v[0] / w;
+            per_level = v[1..1 + levels].iter().map(|x| x / w).collect();
+        }
+        let ranks: Vec<(f64, f64)> = if world > 1 {
+            (0..world).map(|r| (v[3 + levels + 2 * r], v[4 + levels + 2 * r])).collect()
+        } else {
+            vec![]
         };
-        Ok(StepLog {
-            step: self.opt.step,
-            loss,
-            level_losses: per_level,
-            lr: st.lr,
-            grad_norm: st.grad_norm,
-            samples: self.samples,
-        })
+        let non_finite = |grad_norm: f64, loss: f64| -> Result<(StepLog, bool)> {
+            Err(Error::NonFinite {
+                step: step + 1,
+                loss,
+                grad_norm,
+                checkpoint: checkpoint::list(&cfg.run.out)?.pop().map(|(_, p)| p),
+            })
+        };
+        if any_nonfinite {
+            return non_finite(f64::NAN, if nonfinite { loss } else { f64::NAN });
+        }
+        let comm = Instant::now();
+        let mut g = {
+            let _ng = tch::no_grad_guard();
+            self.opt.flat_grad(n)
+        };
+        if let Some(group) = &self.group {
+            group.all_reduce_sum(&g, &format!("gradient all-reduce at step {}", step + 1))?;
+            let _ng = tch::no_grad_guard();
+            g = g / w;
+        }
+        let comm_secs = if self.group.is_some() { comm.elapsed().as_secs_f64() } else { 0.0 };
+        let st = match self.opt.apply(g) {
+            Ok(st) => st,
+            Err(grad_norm) => return non_finite(grad_norm, loss),
+        };
+        self.samples += self.global_batch * accum;
+        Ok((
+            StepLog {
+                step: self.opt.step,
+                loss,
+                level_losses: per_level,
+                lr: st.lr,
+                grad_norm: st.grad_norm,
+                samples: self.samples,
+                ranks,
+                comm_secs,
+            },
+            stop,
+        ))
     }
 
-    /// Writes a checkpoint of the current step.
+    /// Writes a checkpoint of the current step (rank 0), then waits for every rank.
     pub fn save(&mut self) -> Result<PathBuf> {
         let cfg = &self.run.config;
-        let state = checkpoint::new_state(
-            self.opt.step,
-            cfg.run.seed,
-            self.samples,
-            self.loader.state().clone(),
-            self.opt.ema.is_some(),
-        );
-        checkpoint::save(&cfg.run.out, &self.vs, &self.opt, &state, &self.config_toml, cfg.run.keep_checkpoints)
+        let step = self.opt.step;
+        let path = if self.logger.is_some() {
+            let mut state = checkpoint::new_state(
+                step,
+                cfg.run.seed,
+                self.samples,
+                self.loader.state().clone(),
+                self.opt.ema.is_some(),
+            );
+            state.world_size = self.group.as_ref().map_or(1, |g| g.world) as u64;
+            state.global_batch = self.global_batch;
+            checkpoint::save(&cfg.run.out, &self.vs, &self.opt, &state, &self.config_toml, cfg.run.keep_checkpoints)?
+        } else {
+            checkpoint::dir_for(&cfg.run.out, step)
+        };
+        if let Some(g) = &self.group {
+            g.barrier(&format!("checkpoint barrier at step {step}"))?;
+        }
+        Ok(path)
     }
 
     /// A sample grid of the EMA (or current) weights into TensorBoard: classes 0..count for
@@ -310,7 +568,10 @@ impl Trainer {
             levels = levels.iter().map(|l| l.narrow(0, 0, frames)).collect();
         }
         let (w, h, rgb) = grid(&levels)?;
-        self.logger.image(self.opt.step, "samples", w, h, png_bytes(w, h, rgb)?)
+        match &mut self.logger {
+            Some(logger) => logger.image(self.opt.step, "samples", w, h, png_bytes(w, h, rgb)?),
+            None => Ok(()),
+        }
     }
 
     /// The condition of the TensorBoard samples and their count.
@@ -356,9 +617,45 @@ pub fn forward_backward(
     let rows = groups.iter().map(|g| g.size()[0]).sum::<i64>();
     let device = groups[0].device();
     let clip_time = Tensor::randint(diffusion.schedule.steps, [rows / frames], (Kind::Int64, device));
-    let time = if frames > 1 { clip_time.repeat_interleave_self_int(frames, Some(0), None) } else { clip_time.shallow_clone() };
-    let inputs = diffusion.inputs_grouped(groups, &time)?;
-    let preds = model.forward_frames(&diffusion.model_inputs(&inputs), &clip_time, cond, &Micros::new(), true, frames)?;
+    let inputs = diffusion.inputs_grouped(groups, &per_frame(&clip_time, frames))?;
+    backward(model, diffusion, inputs, &clip_time, cond, frames)
+}
+
+/// [`forward_backward`] with per-sample [`Draws`] and, for data-parallel runs, each level's
+/// share of the global batch ([`level_shares`]).
+pub fn forward_backward_with(
+    model: &MdmUNet,
+    diffusion: &NestedDiffusion,
+    groups: &[Tensor],
+    cond: &crate::model::Conditioning,
+    frames: i64,
+    draws: &Draws,
+    shares: Option<Vec<f64>>,
+) -> Result<(f64, Vec<f64>)> {
+    let time = per_frame(&draws.time, frames);
+    let mut inputs = diffusion.inputs_grouped_with(groups, &time, Some(draws.noise.iter().map(|n| n.shallow_clone()).collect()))?;
+    inputs.shares = shares;
+    backward(model, diffusion, inputs, &draws.time, cond, frames)
+}
+
+/// A clip's time repeated for each of its frames.
+fn per_frame(clip_time: &Tensor, frames: i64) -> Tensor {
+    if frames > 1 {
+        clip_time.repeat_interleave_self_int(frames, Some(0), None)
+    } else {
+        clip_time.shallow_clone()
+    }
+}
+
+fn backward(
+    model: &MdmUNet,
+    diffusion: &NestedDiffusion,
+    inputs: crate::diffusion::TrainInputs,
+    clip_time: &Tensor,
+    cond: &crate::model::Conditioning,
+    frames: i64,
+) -> Result<(f64, Vec<f64>)> {
+    let preds = model.forward_frames(&diffusion.model_inputs(&inputs), clip_time, cond, &Micros::new(), true, frames)?;
     let terms = diffusion.loss(&inputs, &preds)?;
     let l = terms.total.mean(Kind::Float);
     l.backward();
@@ -371,6 +668,11 @@ pub fn forward_backward(
 
 /// Builds the loader for a run (resumed from `state` when given).
 pub fn build_loader(run: &Resolved, state: Option<mdm_loader::LoaderState>) -> Result<Loader> {
+    build_loader_for(run, state, 0, 1)
+}
+
+/// [`build_loader`] for rank `rank` of `world`: its slice of every global step.
+pub fn build_loader_for(run: &Resolved, state: Option<mdm_loader::LoaderState>, rank: u64, world: u64) -> Result<Loader> {
     let d = &run.config.data;
     let mut b = LoaderBuilder::new();
     for (i, s) in d.shards.iter().enumerate() {
@@ -379,7 +681,7 @@ pub fn build_loader(run: &Resolved, state: Option<mdm_loader::LoaderState>) -> R
     b.batch_size(d.batch_size)
         .mixed_ratio(run.ratio.clone())
         .seed(run.config.run.seed)
-        .rank(0, 1)
+        .rank(rank, world)
         .prefetch(d.prefetch)
         .random_flip(d.random_flip)
         .captions(false)
@@ -392,12 +694,34 @@ pub fn build_loader(run: &Resolved, state: Option<mdm_loader::LoaderState>) -> R
     b.build().map_err(|e| Error::input(format!("loader: {e}")))
 }
 
-/// A resume must continue the same run: only run length, logging and device may change.
-fn check_same_run(dir: &std::path::Path, run: &Resolved) -> Result<()> {
+/// A hash of the resolved config, the same in every process (ranks compare it).
+fn config_hash(toml: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    toml.hash(&mut h);
+    h.finish()
+}
+
+/// A resume must continue the same run: only run length, logging and device may change, and
+/// the per-rank batch size when the ranks changed but the global batch did not
+/// (`saved_global`: the checkpoint's, 0 when unknown).
+fn check_same_run(dir: &std::path::Path, run: &Resolved, saved_global: u64, global: u64) -> Result<()> {
     let p = dir.join("config.toml");
     let saved = config::TrainConfig::load(&p)?.config;
+    if saved_global > 0 && saved_global != global {
+        return Err(Error::Input {
+            path: Some(dir.join("state.json")),
+            msg: format!(
+                "the checkpoint was trained with a global batch of {saved_global} samples per loader step, this launch has {global} (ranks x data.batch_size): set data.batch_size so that they match"
+            ),
+        });
+    }
+    let batch_may_change = saved_global > 0;
     let norm = |c: &config::TrainConfig| {
         let mut c = c.clone();
+        if batch_may_change {
+            c.data.batch_size = 0;
+        }
         c.run.steps = 0;
         c.run.log_every = 1;
         c.run.checkpoint_every = 1;

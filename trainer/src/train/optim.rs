@@ -119,8 +119,9 @@ impl FlatOptimizer {
         }
     }
 
-    /// The gradients as one flat fp32 tensor, divided by `scale` (the micro-batches summed).
-    fn flat_grad(&self, scale: f64) -> Tensor {
+    /// The gradients as one flat fp32 tensor, divided by `scale` (the micro-batches summed):
+    /// what a data-parallel run all-reduces before [`FlatOptimizer::apply`].
+    pub fn flat_grad(&self, scale: f64) -> Tensor {
         let parts: Vec<Tensor> = self
             .vars
             .iter()
@@ -145,8 +146,16 @@ impl FlatOptimizer {
     /// after clipping their global norm; then the EMA and the bf16 copy. A non-finite
     /// gradient norm changes nothing and is returned as the error.
     pub fn step(&mut self, scale: f64) -> std::result::Result<StepStats, f64> {
+        let g = {
+            let _g = tch::no_grad_guard();
+            self.flat_grad(scale)
+        };
+        self.apply(g)
+    }
+
+    /// [`FlatOptimizer::step`] on a given flat gradient (e.g. averaged over ranks).
+    pub fn apply(&mut self, mut g: Tensor) -> std::result::Result<StepStats, f64> {
         let _g = tch::no_grad_guard();
-        let mut g = self.flat_grad(scale);
         let grad_norm = g.norm().double_value(&[]);
         if !grad_norm.is_finite() {
             return Err(grad_norm);
