@@ -24,6 +24,8 @@ pub struct StepLog {
     pub ranks: Vec<(f64, f64)>,
     /// Data-parallel runs: seconds of the gradient all-reduce.
     pub comm_secs: f64,
+    /// Wall-clock seconds of the whole step (loader, forward/backward, communication, update).
+    pub step_secs: f64,
 }
 
 /// Writes the logs of one run.
@@ -80,7 +82,7 @@ impl Logger {
     pub fn step(&mut self, s: &StepLog) -> Result<()> {
         let mut line = serde_json::json!({
             "step": s.step, "loss": s.loss, "levels": s.level_losses, "lr": s.lr,
-            "grad_norm": s.grad_norm, "samples": s.samples,
+            "grad_norm": s.grad_norm, "samples": s.samples, "step_s": s.step_secs,
         });
         if !s.ranks.is_empty() {
             line["rank_step_s"] = s.ranks.iter().map(|r| r.0).collect::<Vec<_>>().into();

@@ -509,6 +509,7 @@ impl Trainer {
                 samples: self.samples,
                 ranks,
                 comm_secs,
+                step_secs: started.elapsed().as_secs_f64(),
             },
             stop,
         ))
