@@ -7,6 +7,7 @@
 # `run`, in order of value, each step under its own timeout (SMOKE_S, TRAIN_S, T5_S seconds):
 #   1. CUDA end to end: `mdm demo` makes shards (CPU, 20 steps), then `mdm train` of the tiny
 #      class model on CUDA in bf16 and `mdm sample --device cuda`;
+#   1b. with 2+ GPUs: `mdm train --nproc <GPUs>` on NCCL (DP_S seconds);
 #   2. training-step speed, MFU and peak memory of the published configs (bench/train/run.sh cuda);
 #   3. T5-XL bf16 encoder throughput against the H100 figures (bench/t5/run.sh cuda).
 # Output goes to $OUT (the device tool's folder) or /tmp/device-check; the log is log.txt there.
@@ -66,6 +67,14 @@ EOF
     ( sleep "${SMOKE_S:-150}"; kill -TERM $pid 2>/dev/null ) & watchdog=$!
     wait $pid && echo "smoke: ok" || echo "smoke: FAILED (rc $?)"
     kill $watchdog 2>/dev/null
+    gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+    echo "== 1b. data-parallel on $gpus GPUs (NCCL; needs >= 2)"
+    if [ "$gpus" -ge 2 ] && [ -f "$w/cuda.toml" ]; then
+      sed -e "s|out = \"$w/run\"|out = \"$w/run_dp\"|" -e 's/^\[sample\]/[sample]\nevery = 0/' -e '/^every = 30/d' "$w/cuda.toml" > "$w/dp.toml"
+      timeout "${DP_S:-120}" "$mdm" train --config "$w/dp.toml" --nproc "$gpus" --dist-timeout 60 && echo "dp: ok" || echo "dp: FAILED (rc $?)"
+    else
+      echo "dp: skipped (one GPU; NCCL refuses two ranks on one device)"
+    fi
     echo "== 2. training steps (bench/train/run.sh cuda)"
     TRAIN_BENCH=$PWD/$carry/train_bench STEPS=${STEPS:-12} timeout "${TRAIN_S:-240}" bench/train/run.sh cuda \
       || echo "train bench: rc $?"

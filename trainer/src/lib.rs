@@ -9,7 +9,7 @@
 //! - [`growth`]: initialising a NestedUNet from a lower-resolution checkpoint;
 //! - [`weights`]: safetensors checkpoints under ml-mdm's key names;
 //! - [`train`]: training runs (config, AdamW/EMA, checkpoints, exact resume, logs);
-//! - [`dist`]: data-parallel training on c10d (TCPStore + Gloo), torchrun/Slurm launch;
+//! - [`dist`]: data-parallel training: c10d TCPStore + Gloo, NCCL for CUDA tensors, torchrun/Slurm launch;
 //! - [`sample`]: sampling a checkpoint into PNG grids of every level;
 //! - [`cuda`]: loading libtorch's CUDA backend (call before the first CUDA query).
 //!

@@ -75,3 +75,15 @@ fn a_rank_that_leaves_is_named_by_the_other() {
     assert!(e.contains("rank 1 (silent for"), "{e}");
     assert!(took < Duration::from_secs(20), "took {took:?}");
 }
+
+#[test]
+fn nccl_set_up_fails_clearly_where_there_is_no_nccl() {
+    if mdm_trainer::dist::nccl_available() {
+        eprintln!("NCCL is loadable on this machine: the CPU-only failure path is not exercised here");
+        return;
+    }
+    let out = on_ranks(2, Duration::from_secs(20), |_, mut g| g.enable_nccl(0).unwrap_err().to_string());
+    for e in out {
+        assert!(e.contains("NCCL set-up on cuda:0 failed") && e.contains("MDM_DIST_BACKEND=gloo"), "{e}");
+    }
+}

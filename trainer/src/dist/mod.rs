@@ -9,10 +9,13 @@
 //!   collective names the ranks that stopped answering instead of hanging or saying "peer
 //!   closed".
 //!
-//! CUDA tensors are staged through host memory (Gloo); NCCL is not wired yet.
+//! CUDA tensors go through NCCL once [`Group::enable_nccl`] ran (the `libnccl.so.2` libtorch
+//! loads, its id exchanged through the same store); without it they are staged through host
+//! memory and reduced by Gloo.
 
 mod ffi;
 mod launch;
+mod nccl;
 
 use std::ffi::CString;
 use std::os::raw::c_char;
@@ -24,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tch::{Device, Kind, Tensor};
 
 pub use launch::{first_slurm_host, Launch};
+pub use nccl::available as nccl_available;
 
 use crate::error::{Error, Result};
 
@@ -35,6 +39,7 @@ pub struct Group {
     timeout: Duration,
     alive: Arc<AtomicBool>,
     heartbeat: Option<JoinHandle<()>>,
+    nccl: Option<std::sync::Mutex<nccl::Nccl>>,
 }
 
 /// The C++ group; c10d's store and Gloo group are safe to call from several threads.
@@ -90,7 +95,7 @@ impl Group {
             ),
         })?;
         let alive = Arc::new(AtomicBool::new(true));
-        let mut g = Group { raw: RawPtr(raw), rank: launch.rank, world: launch.world, timeout, alive, heartbeat: None };
+        let mut g = Group { raw: RawPtr(raw), rank: launch.rank, world: launch.world, timeout, alive, heartbeat: None, nccl: None };
         g.beat()?;
         let (ptr, rank, alive) = (g.raw, g.rank, Arc::clone(&g.alive));
         g.heartbeat = Some(std::thread::spawn(move || {
@@ -116,6 +121,64 @@ impl Group {
             .map_err(|msg| Error::Dist { rank: self.rank, msg: format!("store: {msg}") })
     }
 
+    /// Sets up NCCL on `cuda:device` for this group's CUDA tensors (rank 0 publishes the
+    /// communicator's id in the store).
+    pub fn enable_nccl(&mut self, device: usize) -> Result<()> {
+        let key = "mdm/nccl_id";
+        let (rank, timeout) = (self.rank, self.timeout);
+        let n = nccl::Nccl::new(
+            self.rank,
+            self.world,
+            device,
+            self.timeout,
+            |id| self.store_set(key, id),
+            || self.store_wait(key, timeout),
+        )
+        .map_err(|msg| Error::Dist {
+            rank,
+            msg: format!("NCCL set-up on cuda:{device} failed: {msg} (MDM_DIST_BACKEND=gloo uses Gloo for CUDA tensors instead)"),
+        })?;
+        self.nccl = Some(std::sync::Mutex::new(n));
+        Ok(())
+    }
+
+    /// The backend CUDA tensors use.
+    pub fn cuda_backend(&self) -> &'static str {
+        if self.nccl.is_some() {
+            "NCCL"
+        } else {
+            "Gloo (staged through host memory)"
+        }
+    }
+
+    fn store_set(&self, key: &str, value: &str) -> std::result::Result<(), String> {
+        let k = CString::new(key).map_err(|e| e.to_string())?;
+        let v = CString::new(value).map_err(|e| e.to_string())?;
+        // SAFETY: valid group and C strings.
+        ffi::call(|e, n| unsafe { ffi::mdm_store_set(self.raw.0, k.as_ptr(), v.as_ptr(), e, n) }).map(|_| ())
+    }
+
+    /// Polls the store for `key` until it is set (at most `timeout`).
+    fn store_wait(&self, key: &str, timeout: Duration) -> std::result::Result<String, String> {
+        let k = CString::new(key).map_err(|e| e.to_string())?;
+        let t0 = std::time::Instant::now();
+        loop {
+            let mut buf = vec![0u8; 1024];
+            // SAFETY: valid group, key and buffers.
+            let got = ffi::call(|e, n| unsafe {
+                ffi::mdm_store_try_get(self.raw.0, k.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len(), e, n)
+            })?;
+            if got == 1 {
+                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                return Ok(String::from_utf8_lossy(&buf[..end]).into_owned());
+            }
+            if t0.elapsed() > timeout {
+                return Err(format!("{key} was not set within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The collective timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -132,6 +195,9 @@ impl Group {
     }
 
     fn reduce(&self, t: &Tensor, op: i32, what: &str) -> Result<()> {
+        if let Some(r) = self.on_nccl(t, what, |n, t| n.all_reduce(t, if op == 1 { nccl::MAX } else { nccl::SUM })) {
+            return r;
+        }
         self.staged(t, what, |host| {
             // SAFETY: a valid group and a live, contiguous CPU tensor.
             ffi::call(|e, n| unsafe { ffi::mdm_pg_allreduce(self.raw.0, ffi::raw(host), op, e, n) })
@@ -140,6 +206,9 @@ impl Group {
 
     /// In-place broadcast of rank `root`'s `t`.
     pub fn broadcast(&self, t: &Tensor, root: usize, what: &str) -> Result<()> {
+        if let Some(r) = self.on_nccl(t, what, |n, t| n.broadcast(t, root)) {
+            return r;
+        }
         self.staged(t, what, |host| {
             // SAFETY: a valid group and a live, contiguous CPU tensor.
             ffi::call(|e, n| unsafe { ffi::mdm_pg_broadcast(self.raw.0, ffi::raw(host), root as i32, e, n) })
@@ -152,6 +221,30 @@ impl Group {
         ffi::call(|e, n| unsafe { ffi::mdm_pg_barrier(self.raw.0, e, n) })
             .map(|_| ())
             .map_err(|msg| self.failure(what, &msg))
+    }
+
+    /// Runs `op` on NCCL when `t` is a CUDA tensor and NCCL is set up (a contiguous copy when
+    /// `t` is not contiguous); `None`: not for NCCL.
+    fn on_nccl(
+        &self,
+        t: &Tensor,
+        what: &str,
+        op: impl FnOnce(&mut nccl::Nccl, &Tensor) -> std::result::Result<(), String>,
+    ) -> Option<Result<()>> {
+        let n = self.nccl.as_ref().filter(|_| matches!(t.device(), Device::Cuda(_)))?;
+        let mut n = match n.lock() {
+            Ok(n) => n,
+            Err(p) => p.into_inner(),
+        };
+        let direct = t.is_contiguous();
+        let buf = if direct { t.shallow_clone() } else { t.contiguous() };
+        Some(op(&mut n, &buf).map_err(|msg| self.failure(what, &msg)).map(|_| {
+            if !direct {
+                let _g = tch::no_grad_guard();
+                let mut t = t.shallow_clone();
+                t.copy_(&buf);
+            }
+        }))
     }
 
     /// Runs `op` on a contiguous CPU tensor holding `t` (`t` itself when it is one), then copies

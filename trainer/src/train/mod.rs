@@ -240,6 +240,13 @@ impl Trainer {
             tch::set_num_threads(t);
         }
         let device = pick_device_for(cfg.run.device, opts.launch.as_ref().map_or(0, |l| l.local_rank))?;
+        let mut group = group;
+        if let (Some(g), Device::Cuda(d)) = (&mut group, device) {
+            // NCCL for CUDA tensors unless the user asks for Gloo.
+            if std::env::var("MDM_DIST_BACKEND").map_or(true, |b| b != "gloo") {
+                g.enable_nccl(d)?;
+            }
+        }
         let global_batch = cfg.data.batch_size * world as u64;
         let config_toml = if world > 1 {
             format!(
@@ -321,11 +328,12 @@ impl Trainer {
             );
             if let (Some(l), Some(g)) = (&opts.launch, &group) {
                 eprintln!(
-                    "data-parallel ({}): {} ranks, global batch {global_batch}, Gloo at {}:{}, timeout {:?}",
+                    "data-parallel ({}): {} ranks, global batch {global_batch}, store at {}:{}, CPU tensors on Gloo, CUDA tensors on {}, timeout {:?}",
                     l.launcher,
                     g.world,
                     l.master_addr,
                     l.master_port,
+                    g.cuda_backend(),
                     g.timeout()
                 );
             }
