@@ -19,6 +19,7 @@ fn mlmdm_dir() -> Option<PathBuf> {
     if d.is_dir() {
         Some(d)
     } else {
+        require_fixtures(&d);
         eprintln!(
             "\n*** SKIPPING: reference fixtures not found at {} (set MDM_REFERENCE_DIR) ***\n",
             d.display()
@@ -182,6 +183,9 @@ fn converter_round_trip_through_the_model() {
             .map(|s| s.status.success())
             .unwrap_or(false);
     if !ok {
+        if std::env::var_os("MDM_REQUIRE_FIXTURES").is_some_and(|v| v != "0") {
+            panic!("MDM_REQUIRE_FIXTURES is set but {} cannot import torch and safetensors", py.display());
+        }
         eprintln!(
             "\n*** SKIPPING converter_round_trip_through_the_model: {} cannot import torch (set MDM_TORCH_PYTHON) ***\n",
             py.display()
@@ -216,4 +220,11 @@ fn converter_round_trip_through_the_model() {
     assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stderr));
     let d = max_abs_diff(&out, &dir.join("tiny_unet_io.safetensors"), &["out.0"]);
     assert!(d <= 1e-4, "converted checkpoint: max|diff| {d} > 1e-4");
+}
+
+/// CI sets `MDM_REQUIRE_FIXTURES=1`: there a missing fixture folder fails instead of skipping.
+fn require_fixtures(dir: &std::path::Path) {
+    if std::env::var_os("MDM_REQUIRE_FIXTURES").is_some_and(|v| v != "0") {
+        panic!("MDM_REQUIRE_FIXTURES is set but the reference fixtures are missing at {}", dir.display());
+    }
 }

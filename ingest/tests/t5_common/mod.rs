@@ -16,6 +16,7 @@ pub fn t5_reference() -> Option<PathBuf> {
     if dir.join("tiny_t5.safetensors").is_file() {
         Some(dir)
     } else {
+        require_fixtures(&dir);
         eprintln!(
             "\n!!! SKIPPING: T5 reference fixtures not found at {} (set MDM_REFERENCE_DIR) !!!\n",
             dir.display()
@@ -61,4 +62,11 @@ pub fn tiny_model_dir(reference: &std::path::Path) -> tempfile::TempDir {
     )
     .unwrap();
     dir
+}
+
+/// CI sets `MDM_REQUIRE_FIXTURES=1`: there a missing fixture folder fails instead of skipping.
+fn require_fixtures(dir: &std::path::Path) {
+    if std::env::var_os("MDM_REQUIRE_FIXTURES").is_some_and(|v| v != "0") {
+        panic!("MDM_REQUIRE_FIXTURES is set but the reference fixtures are missing at {}", dir.display());
+    }
 }

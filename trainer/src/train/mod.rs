@@ -215,7 +215,7 @@ impl Trainer {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        let group = match &opts.launch {
+        let mut group = match &opts.launch {
             Some(l) => Some(Group::connect(l, opts.dist_timeout.unwrap_or(DEFAULT_DIST_TIMEOUT))?),
             None => None,
         };
@@ -240,7 +240,6 @@ impl Trainer {
             tch::set_num_threads(t);
         }
         let device = pick_device_for(cfg.run.device, opts.launch.as_ref().map_or(0, |l| l.local_rank))?;
-        let mut group = group;
         if let (Some(g), Device::Cuda(d)) = (&mut group, device) {
             // NCCL for CUDA tensors unless the user asks for Gloo.
             if std::env::var("MDM_DIST_BACKEND").map_or(true, |b| b != "gloo") {

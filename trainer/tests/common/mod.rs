@@ -19,6 +19,7 @@ pub fn mlmdm_dir(test: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
+        require_fixtures(&dir);
         eprintln!(
             "\n*** SKIPPING {test}: reference fixtures not found at {} (set MDM_REFERENCE_DIR) ***\n",
             dir.display()
@@ -59,4 +60,11 @@ pub fn max_rel1(a: &Tensor, b: &Tensor) -> f64 {
     let b = b.to_kind(Kind::Double);
     let d = (a.to_kind(Kind::Double) - &b).abs();
     (d / b.abs().clamp_min(1.0)).max().double_value(&[])
+}
+
+/// CI sets `MDM_REQUIRE_FIXTURES=1`: there a missing fixture folder fails instead of skipping.
+fn require_fixtures(dir: &std::path::Path) {
+    if std::env::var_os("MDM_REQUIRE_FIXTURES").is_some_and(|v| v != "0") {
+        panic!("MDM_REQUIRE_FIXTURES is set but the reference fixtures are missing at {}", dir.display());
+    }
 }
