@@ -14,6 +14,7 @@ demo: build
 
 test: build
 	@cargo test --release --workspace --no-fail-fast || { echo "[make] tests failed: see the failures above" >&2; exit 1; }
+	@bash loader/python/test.sh || { echo "[make] Python tests (mdm_loader) failed: see the failures above" >&2; exit 1; }
 
 clean:
 	cargo clean

@@ -58,6 +58,13 @@ if ! $VPY -c "import moto.server" 2>/dev/null; then
     || fail "pip install moto[server]" "check PyPI access"
 fi
 
+# maturin and pytest: build and test the mdm_loader Python package (loader/python).
+if ! $VPY -c "import maturin, pytest" 2>/dev/null; then
+  say "installing maturin and pytest into .venv"
+  $VPY -m pip install -q --no-cache-dir --disable-pip-version-check "maturin>=1.9,<2" pytest \
+    || fail "pip install maturin pytest" "check PyPI access"
+fi
+
 # 3. Stable path for LIBTORCH (the site-packages path depends on the Python version)
 TORCH_DIR=$($VPY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/torch
 [ -f "$TORCH_DIR/lib/libtorch_cpu.so" ] || fail "libtorch not found in $TORCH_DIR" "rm -rf .venv and rerun"

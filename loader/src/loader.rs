@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver};
+use crossbeam_channel::{bounded, unbounded, Receiver, Select};
 use mdm_shards::ShardSet;
 
 use crate::batch::Batch;
@@ -441,6 +441,20 @@ impl Loader {
     /// Samples in one loader epoch (over all ranks): the rows of all sets together.
     pub fn epoch_len(&self) -> u64 {
         self.epoch_len
+    }
+
+    /// Waits at most `timeout` for the next batch (or error); true when `next()` will not block.
+    /// Lets a caller that must stay responsive (a Python binding checking for Ctrl-C) poll.
+    pub fn ready_within(&self, timeout: Duration) -> bool {
+        if self.failed || !self.rx.is_empty() {
+            return true;
+        }
+        let t = Instant::now();
+        let mut select = Select::new();
+        select.recv(&self.rx);
+        let ready = select.ready_timeout(timeout).is_ok();
+        add_time(&self.shared.consumer_wait_ns, t);
+        ready
     }
 
     fn log(&mut self, batch: &Batch) -> Result<()> {
