@@ -5,6 +5,8 @@ views of the Rust loader's buffers (``torch.from_numpy`` is free), with T5 embed
 labels, captions and ids. ``state_dict()``/``load_state_dict()`` resume mid-epoch exactly.
 """
 
+import numpy  # noqa: F401  (imported here, not at the first batch: arrays are numpy views)
+
 from ._native import Batch, ConfigError, CorruptShardError, Loader, LoaderError, StateError
 
 __all__ = ["Batch", "ConfigError", "CorruptShardError", "Loader", "LoaderError", "StateError"]
