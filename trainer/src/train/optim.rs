@@ -26,12 +26,14 @@ pub struct Slot {
 #[derive(Debug)]
 pub struct FlatOptimizer {
     pub slots: Vec<Slot>,
-    /// The model's variables (same order as `slots`): their grads are read each step.
-    vars: Vec<Tensor>,
     /// fp32 master weights.
     pub master: Tensor,
     /// bf16 working copy the variables view (bf16 training only).
     working: Option<Tensor>,
+    /// The variables' gradients: each variable's `.grad` is a view into this one buffer (of
+    /// the working kind), so backward accumulates into it, zeroing is one kernel and reading
+    /// the flat gradient copies nothing (fp32).
+    grads: Tensor,
     pub exp_avg: Tensor,
     pub exp_avg_sq: Tensor,
     /// EMA of the master weights (`None` when the decay is 0).
@@ -80,10 +82,14 @@ impl FlatOptimizer {
             v.set_data(&backing.narrow(0, s.offset, s.numel).view(s.shape.as_slice()));
             tensors.push(v);
         }
+        let grads = backing.zeros_like();
+        for (s, v) in slots.iter().zip(&tensors) {
+            crate::dist::set_grad(v, &grads.narrow(0, s.offset, s.numel).view(s.shape.as_slice()))?;
+        }
         let ema = (cfg.ema_decay > 0.0).then(|| master.copy());
         Ok(FlatOptimizer {
+            grads,
             slots,
-            vars: tensors,
             exp_avg: master.zeros_like(),
             exp_avg_sq: master.zeros_like(),
             master,
@@ -112,29 +118,17 @@ impl FlatOptimizer {
         }
     }
 
-    /// Clears the variables' gradients (before the first micro-batch of a step).
+    /// Clears the variables' gradients (before the first micro-batch of a step): one kernel
+    /// on the flat gradient buffer.
     pub fn zero_grad(&mut self) {
-        for v in &mut self.vars {
-            v.zero_grad();
-        }
+        let _g = tch::no_grad_guard();
+        let _ = self.grads.zero_();
     }
 
     /// The gradients as one flat fp32 tensor, divided by `scale` (the micro-batches summed):
     /// what a data-parallel run all-reduces before [`FlatOptimizer::apply`].
     pub fn flat_grad(&self, scale: f64) -> Tensor {
-        let parts: Vec<Tensor> = self
-            .vars
-            .iter()
-            .map(|v| {
-                let g = v.grad();
-                if g.defined() {
-                    g.reshape([-1])
-                } else {
-                    Tensor::zeros([v.numel() as i64], (v.kind(), v.device()))
-                }
-            })
-            .collect();
-        let g = Tensor::cat(&parts, 0).to_kind(Kind::Float);
+        let g = self.grads.to_kind(Kind::Float);
         if scale != 1.0 {
             g / scale
         } else {
@@ -228,5 +222,38 @@ impl FlatOptimizer {
         if let Some(e) = &mut self.ema {
             e.copy_(&self.master);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{Module, VarStore};
+
+    /// Backward accumulates into the flat buffer: two backward passes give the sum of their
+    /// gradients, `flat_grad` lays them out slot by slot, and `zero_grad` clears them.
+    #[test]
+    fn gradients_accumulate_in_the_flat_buffer() {
+        let vs = VarStore::new(Device::Cpu);
+        let lin = tch::nn::linear(&vs.root() / "lin", 3, 2, Default::default());
+        let cfg: OptimConfig = toml::from_str("").expect("default optim config");
+        let mut opt = FlatOptimizer::new(&vs, &cfg, None).expect("optimizer");
+        let x = Tensor::from_slice(&[1.0f32, 2.0, -1.0, 0.5, 0.0, 3.0]).view([2, 3]);
+        // d/dW sum(Wx + b) = sum of the rows of x, d/db = 2 (per output).
+        let expect_w: Vec<f32> = vec![1.5, 2.0, 2.0, 1.5, 2.0, 2.0];
+        for passes in [1usize, 2] {
+            opt.zero_grad();
+            for _ in 0..passes {
+                lin.forward(&x).sum(Kind::Float).backward();
+            }
+            let g = Vec::<f32>::try_from(opt.flat_grad(1.0)).expect("flat grad");
+            // Slots are sorted by name: lin.bias, then lin.weight.
+            let p = passes as f32;
+            assert_eq!(&g[..2], &[2.0 * p, 2.0 * p]);
+            assert_eq!(&g[2..], expect_w.iter().map(|w| w * p).collect::<Vec<_>>().as_slice());
+            assert_eq!(Vec::<f32>::try_from(lin.ws.grad().reshape([-1])).unwrap(), g[2..].to_vec(), "the variable's grad is the buffer");
+        }
+        opt.zero_grad();
+        assert!(Vec::<f32>::try_from(opt.flat_grad(1.0)).unwrap().iter().all(|v| *v == 0.0));
     }
 }
