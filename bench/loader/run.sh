@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Images/s of mdm-loader against pyarrow+PIL workers and plain libjpeg-turbo decode, on the
+# Images/s of mdm-loader (Rust, and the mdm_loader Python package when installed) against
+# pyarrow+PIL workers and plain libjpeg-turbo decode, on the
 # same 256² JPEG shards, at 1 worker on 1 core and 2 workers on 2 cores (the decode bound at 1
 # and 2 threads). See bench/RESULTS.md.
 # usage: bench/loader/run.sh [N=4096] [RUNS=3]
@@ -21,6 +22,8 @@ for run in $(seq "$RUNS"); do
     taskset -c "$cpus" $BIN bound "$WORK/shards" "$w"
     taskset -c "$cpus" $BIN loader "$WORK/shards" "$w" "$BATCH" "$STEPS"
     taskset -c "$cpus" $BIN loader "$WORK/shards" "$w" "$BATCH" "$STEPS" --no-verify
+    # The mdm_loader Python package, when installed (bash loader/python/test.sh installs it).
+    ! $PY -c "import mdm_loader" 2>/dev/null || taskset -c "$cpus" $PY bench/python_loader/mdm_py.py "$WORK/shards" "$w" "$BATCH" "$STEPS"
     taskset -c "$cpus" $PY bench/loader/baseline.py "$WORK/shards" "$w" "$BATCH"
   done
 done

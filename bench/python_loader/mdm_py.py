@@ -1,7 +1,7 @@
 """mdm_loader from Python with bench_loader's settings: batches of BATCH at 256 (uint8 NCHW),
 default shuffle, prefetch 4, WORKERS decode threads, epoch_end pad; timed after the first
 batch, over STEPS batches; each batch's pixel arrays are fetched (the zero-copy views).
-usage: mdm_py.py SHARDS WORKERS BATCH STEPS
+usage: mdm_py.py SHARDS WORKERS BATCH STEPS   (run by bench/loader/run.sh)
 """
 import itertools
 import sys

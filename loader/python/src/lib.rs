@@ -136,15 +136,21 @@ struct TextBuf {
 /// One rank's part of one step; see `mdm_loader.Batch` in `_native.pyi`.
 #[pyclass(frozen, module = "mdm_loader", name = "Batch")]
 struct Batch {
+    #[pyo3(get)]
     epoch: u64,
+    #[pyo3(get)]
     step: u64,
+    #[pyo3(get)]
     position: u64,
+    #[pyo3(get)]
     global_batch: u64,
+    #[pyo3(get)]
     ids: Vec<String>,
     positions: Vec<u64>,
     padded: Vec<bool>,
     sets: Vec<usize>,
     labels: Vec<Option<i32>>,
+    #[pyo3(get)]
     captions: Vec<Option<String>>,
     resolutions: Vec<u32>,
     pixels: Vec<PixelBuf>,
@@ -187,30 +193,6 @@ impl From<ml::Batch> for Batch {
 
 #[pymethods]
 impl Batch {
-    #[getter]
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-    #[getter]
-    fn step(&self) -> u64 {
-        self.step
-    }
-    #[getter]
-    fn position(&self) -> u64 {
-        self.position
-    }
-    #[getter]
-    fn global_batch(&self) -> u64 {
-        self.global_batch
-    }
-    #[getter]
-    fn ids(&self) -> Vec<String> {
-        self.ids.clone()
-    }
-    #[getter]
-    fn captions(&self) -> Vec<Option<String>> {
-        self.captions.clone()
-    }
     #[getter]
     fn positions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         array1(py, Dtype::U64, self.positions.len(), ne_bytes!(self.positions.iter().copied(), u64))
