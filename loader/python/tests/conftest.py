@@ -67,3 +67,19 @@ def no_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     os.environ.pop("RANK", None)
+
+
+@pytest.fixture(scope="session")
+def text_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 captioned images embedded inline by an untrained tiny T5 (`mdm make-tiny-t5`)."""
+    tmp = tmp_path_factory.mktemp("text")
+    write_imagenet(tmp / "src", 12)
+    lines = ["url\tcaption"]
+    for i, path in enumerate(sorted((tmp / "src").rglob("*.JPEG"))):
+        words = " ".join(["dog"] * (1 + i % 4))
+        lines.append(f"{path.relative_to(tmp / 'src')}\tphoto {i} of a {words}")
+    (tmp / "t.tsv").write_text("\n".join(lines) + "\n")
+    run(MDM, "make-tiny-t5", tmp / "t5")
+    run(MDM, "ingest", "cc12m", "--src", tmp / "t.tsv", "--image-root", tmp / "src", "--out", tmp / "shards",
+        "--resolution", "32", "--shard-inputs", 4, "--quiet", "--t5-device", "cpu", "--t5", tmp / "t5")
+    return tmp / "shards"

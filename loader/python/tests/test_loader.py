@@ -191,3 +191,16 @@ def test_ctrl_c_raises_keyboard_interrupt(tmp_path: Path, shards: Path) -> None:
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=20)
     assert p.returncode == 0 and out.strip() == "interrupted True"
+
+
+def test_text_batches_carry_embeddings_mask_and_captions(text_shards: Path) -> None:
+    loader = mdm_loader.Loader(str(text_shards), batch_size=4, workers=1)
+    for b in take(loader, 3):
+        emb, mask, tokens = b.embeddings, b.mask, b.tokens
+        assert b.embeddings_dtype == "float16" and emb.dtype == np.float16 and emb.base is b
+        assert mask.dtype == np.bool_ and mask.base is b and tokens.dtype == np.uint32
+        assert emb.shape[:2] == mask.shape == (4, int(tokens.max())) and emb.shape[2] > 0
+        assert (mask.sum(axis=1) == tokens).all() and (mask[:, 0]).all()
+        assert not emb[~mask].any(), "padding is zero"
+        assert all(c is not None and c.startswith("photo ") for c in b.captions)
+        assert (b.labels == -1).all()
