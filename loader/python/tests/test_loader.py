@@ -204,3 +204,16 @@ def test_text_batches_carry_embeddings_mask_and_captions(text_shards: Path) -> N
         assert not emb[~mask].any(), "padding is zero"
         assert all(c is not None and c.startswith("photo ") for c in b.captions)
         assert (b.labels == -1).all()
+
+
+def test_stats_count_what_was_yielded_and_close_stops(shards: Path) -> None:
+    loader = mdm_loader.Loader(str(shards), batch_size=5, workers=1, mixed_ratio="32:1,16:1")
+    batches = take(loader, 4)
+    s = loader.stats()
+    assert s["batches"] == 4 and s["samples"] == 20 and s["skipped"] == 0
+    assert sum(s["samples_per_resolution"].values()) == 20
+    assert s["samples_per_resolution"] == {r: sum(len(b.rows.get(r, [])) for b in batches) for r in (32, 16)}
+    assert loader.epoch_len == 90
+    loader.close()
+    with pytest.raises(mdm_loader.LoaderError, match="closed"):
+        next(loader)
