@@ -87,7 +87,9 @@ impl Api {
 /// Rust through references, for as long as `owner` lives.
 pub unsafe fn view<'py>(owner: &Bound<'py, PyAny>, data: *mut u8, len: usize, dtype: Dtype, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
     let py = owner.py();
-    assert_eq!(shape.iter().product::<usize>() * dtype.size(), len, "array shape and buffer size agree");
+    if shape.iter().product::<usize>() * dtype.size() != len {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!("array shape {shape:?} does not fit a buffer of {len} bytes")));
+    }
     let api = api(py)?;
     let mut dims: Vec<isize> = shape.iter().map(|&d| d as isize).collect();
     let fail = || PyErr::take(py).unwrap_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("numpy could not create an array"));
