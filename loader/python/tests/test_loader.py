@@ -217,3 +217,20 @@ def test_stats_count_what_was_yielded_and_close_stops(shards: Path) -> None:
     loader.close()
     with pytest.raises(mdm_loader.LoaderError, match="closed"):
         next(loader)
+
+
+def test_stubs_match_the_module() -> None:
+    import ast
+    import inspect
+
+    stub = Path(mdm_loader.__file__).with_name("_native.pyi")
+    classes = {n.name: n for n in ast.walk(ast.parse(stub.read_text())) if isinstance(n, ast.ClassDef)}
+    assert set(classes) == set(mdm_loader.__all__)
+    for name, node in classes.items():
+        obj = getattr(mdm_loader, name)
+        stubbed = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+        public = {n for n in dir(obj) if not n.startswith("_")} - set(dir(Exception))
+        assert public == {n for n in stubbed if not n.startswith("_")}, name
+    init = next(n for n in classes["Loader"].body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    params = [a.arg for a in init.args.args[1:] + init.args.kwonlyargs]
+    assert params == list(inspect.signature(mdm_loader.Loader).parameters)
