@@ -39,6 +39,9 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Sample a checkpoint into a PNG grid of every level's output (video: animated GIF or MP4).
     Sample(cmd::sample::SampleArgs),
+    /// Evaluate generated images: FID statistics and distance, CLIP score, COCO preparation.
+    #[command(subcommand)]
+    Eval(cmd::eval::EvalCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::MakeTinyT5(a) => cmd::make_tiny_t5::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Sample(a) => cmd::sample::run(a),
+        Command::Eval(c) => cmd::eval::run(c),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod embed;
+pub mod eval;
 pub mod ingest;
 pub mod loader;
 pub mod make_tiny_t5;

@@ -1,0 +1,31 @@
+//! `mdm eval`: FID statistics and distance, CLIP score, and the zero-shot COCO preparation.
+
+pub mod clip;
+pub mod coco;
+pub mod fid;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum EvalCmd {
+    /// Inception pool3 statistics {mu, sigma} of an image folder or shard manifest, as .npz.
+    FidStats(fid::FidStatsArgs),
+    /// Fréchet distance between two image folders or .npz statistics.
+    Fid(fid::FidArgs),
+    /// CLIP score (torchmetrics' CLIPScore) of generated images against their captions.
+    Clip(clip::ClipArgs),
+    /// The zero-shot COCO protocol: caption manifest and centre-cropped reference images.
+    CocoPrep(coco::CocoPrepArgs),
+}
+
+pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
+    match cmd {
+        EvalCmd::FidStats(a) => fid::run_stats(a),
+        EvalCmd::Fid(a) => fid::run_fid(a),
+        EvalCmd::Clip(a) => clip::run(a),
+        EvalCmd::CocoPrep(a) => coco::run(a),
+    }
+}
