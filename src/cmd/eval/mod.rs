@@ -1,5 +1,6 @@
 //! `mdm eval`: FID statistics and distance, CLIP score, and the zero-shot COCO preparation.
 
+pub mod classes;
 pub mod clip;
 pub mod coco;
 pub mod fid;
@@ -19,6 +20,8 @@ pub enum EvalCmd {
     Clip(clip::ClipArgs),
     /// The zero-shot COCO protocol: caption manifest and centre-cropped reference images.
     CocoPrep(coco::CocoPrepArgs),
+    /// The class-balanced evaluation manifest (ImageNet: 1000 classes x 50) for `mdm sample --manifest`.
+    ClassManifest(classes::ClassManifestArgs),
 }
 
 pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
@@ -27,5 +30,6 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
         EvalCmd::Fid(a) => fid::run_fid(a),
         EvalCmd::Clip(a) => clip::run(a),
         EvalCmd::CocoPrep(a) => coco::run(a),
+        EvalCmd::ClassManifest(a) => classes::run(a),
     }
 }
