@@ -11,9 +11,15 @@ use tch::Tensor;
 
 use crate::error::{io, Error, Result};
 
-/// OpenAI CLIP's normalisation (`OPENAI_CLIP_MEAN`, `OPENAI_CLIP_STD`).
+/// OpenAI CLIP's normalisation (`OPENAI_CLIP_MEAN`, `OPENAI_CLIP_STD`), digits as transformers writes them.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Resized images larger than this are refused (a 1-pixel-high strip would otherwise ask for
+/// gigabytes).
+const MAX_RESIZED_PIXELS: u64 = 1 << 26;
 
 /// The preprocessing settings (`preprocessor_config.json` where a folder has one).
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +115,9 @@ impl Preprocess {
             return Err(Error::Input(format!("image of {w}x{h} pixels")));
         }
         let (rw, rh) = self.resized_size(w, h);
+        if (rw as u64) * (rh as u64) > MAX_RESIZED_PIXELS {
+            return Err(Error::Input(format!("a {w}x{h} image would be resized to {rw}x{rh}: too elongated")));
+        }
         let r = resize_bicubic(img, rw, rh);
         let (ch, cw) = self.crop;
         // transformers' center_crop: top = (H - h) // 2, left = (W - w) // 2
@@ -309,6 +318,14 @@ mod tests {
                 assert!((s - (1 << PRECISION_BITS)).abs() <= k.len() as i64, "{i}->{o}: {s}");
             }
         }
+    }
+
+    #[test]
+    fn elongated_images_are_refused() {
+        let p = Preprocess::clip(224);
+        assert!(p.crop_image(&RgbImage::new(100_000, 2)).is_err());
+        assert!(p.crop_image(&RgbImage::new(0, 5)).is_err());
+        assert_eq!(p.crop_image(&RgbImage::new(3000, 200)).unwrap().dimensions(), (224, 224));
     }
 
     #[test]
