@@ -36,7 +36,8 @@ pub enum Dims {
 impl Dims {
     pub const ALL: [Dims; 4] = [Dims::D64, Dims::D192, Dims::D768, Dims::D2048];
 
-    /// Number of feature values.
+    /// Number of feature values (never zero).
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         match self {
             Dims::D64 => 64,
