@@ -140,3 +140,135 @@ fn class_manifest_is_balanced_in_every_prefix() {
     s1.sort();
     assert_eq!(s0, s1, "the same rows and ids whatever the seed");
 }
+
+fn clip_fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("metrics/tests/fixtures/clip")
+}
+
+fn clip_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read JSON")).expect("JSON")
+}
+
+/// Panics with the command's output unless it succeeded; returns its stdout.
+fn clip_ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// The fixture images as a `mdm sample --manifest` folder, with one missing and one corrupt
+/// image added; returns (manifest, images dir).
+fn clip_manifest(root: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let g = clip_json(&clip_fixtures().join("golden.json"));
+    let dir = root.join("samples");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lines = vec![];
+    for (name, cap) in g["images"].as_array().unwrap().iter().zip(g["captions"].as_array().unwrap()) {
+        let name = name.as_str().unwrap();
+        let id = name.trim_end_matches(".png");
+        // the default file name <id>.png
+        std::fs::copy(clip_fixtures().join("images").join(name), dir.join(name)).unwrap();
+        lines.push(serde_json::json!({"id": id, "caption": cap}).to_string());
+    }
+    lines.push(serde_json::json!({"id": "gone", "caption": "a missing image"}).to_string());
+    std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
+    lines.push(serde_json::json!({"id": "b,roken", "caption": "a corrupt image", "file": "broken.png"}).to_string());
+    let manifest = root.join("captions.jsonl");
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    (manifest, dir)
+}
+
+/// `mdm eval clip` equals torchmetrics' CLIPScore of the fixtures (≤ 1e-3), writes the
+/// per-sample CSV and the JSON summary, and counts a missing and a corrupt image by path.
+#[test]
+fn clip_score_equals_torchmetrics_and_counts_bad_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (manifest, dir) = clip_manifest(tmp.path());
+    let g = clip_json(&clip_fixtures().join("golden.json"));
+    let csv = tmp.path().join("out/scores.csv");
+    let model = clip_fixtures().join("model");
+    let out = mdm([
+        OsStr::new("eval"),
+        "clip".as_ref(),
+        manifest.as_os_str(),
+        "--images".as_ref(),
+        dir.as_os_str(),
+        "--clip".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        csv.as_os_str(),
+        "--batch".as_ref(),
+        "2".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+    ]);
+    let stdout = clip_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("over 5 images"), "{stdout}");
+    assert!(stderr.contains("gone.png") && stderr.contains("broken.png"), "{stderr}");
+    assert!(stderr.contains("cut"), "the long caption is reported: {stderr}");
+
+    let want = g["clip_score"].as_f64().unwrap();
+    let printed: f64 = stdout.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!((printed - want).abs() <= 1e-3, "printed {printed}, torchmetrics {want}");
+    let summary = clip_json(&tmp.path().join("out/scores.json"));
+    assert!((summary["clip_score"].as_f64().unwrap() - want).abs() <= 1e-3, "{summary}");
+    assert_eq!(
+        (summary["n"].as_u64(), summary["rows"].as_u64(), summary["missing"].as_u64(), summary["corrupt"].as_u64()),
+        (Some(5), Some(7), Some(1), Some(1))
+    );
+    assert_eq!(summary["truncated_captions"].as_u64(), Some(1));
+
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "id,file,score");
+    assert_eq!(lines.len(), 6, "{text}");
+    for ((line, name), s) in lines[1..].iter().zip(g["images"].as_array().unwrap()).zip(g["per_sample_scores"].as_array().unwrap()) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[1], name.as_str().unwrap());
+        let got: f64 = f[2].parse().unwrap();
+        assert!((got - s.as_f64().unwrap()).abs() <= 1e-3, "{line}: torchmetrics {s}");
+    }
+}
+
+#[test]
+fn clip_input_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (manifest, dir) = clip_manifest(tmp.path());
+    let model = clip_fixtures().join("model");
+    let run = |m: &std::path::Path, images: &std::path::Path, clip: &std::path::Path| {
+        mdm([
+            OsStr::new("eval"),
+            "clip".as_ref(),
+            m.as_os_str(),
+            "--images".as_ref(),
+            images.as_os_str(),
+            "--clip".as_ref(),
+            clip.as_os_str(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+            "--quiet".as_ref(),
+        ])
+    };
+    let err = |o: Output| {
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // a CLIP folder without weights names the file
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::copy(model.join("config.json"), empty.join("config.json")).unwrap();
+    std::fs::copy(model.join("tokenizer.json"), empty.join("tokenizer.json")).unwrap();
+    let e = err(run(&manifest, &dir, &empty));
+    assert!(e.contains("model.safetensors"), "{e}");
+    // a row without a caption names the manifest and the row
+    let nocap = tmp.path().join("nocap.jsonl");
+    std::fs::write(&nocap, "{\"id\": \"a\", \"caption\": \"x\"}\n{\"id\": \"b\"}\n").unwrap();
+    let e = err(run(&nocap, &dir, &model));
+    assert!(e.contains("nocap.jsonl") && e.contains("row 2"), "{e}");
+    // nothing scorable is an error, after writing the summary
+    let none = tmp.path().join("none.jsonl");
+    std::fs::write(&none, "{\"id\": \"gone\", \"caption\": \"x\"}\n").unwrap();
+    let e = err(run(&none, &dir, &model));
+    assert!(e.contains("no image") && e.contains("gone.png"), "{e}");
+}
