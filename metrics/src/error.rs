@@ -15,6 +15,9 @@ pub enum Error {
     Invalid { path: PathBuf, msg: String },
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    /// Two sets of statistics (or features) of different dimensions.
+    #[error("dimensions differ: {a} against {b}")]
+    DimsMismatch { a: usize, b: usize },
     /// Arguments that cannot be evaluated (shapes, dimensions, empty inputs).
     #[error("{0}")]
     Input(String),
