@@ -1,7 +1,10 @@
 //! `mdm eval ...` end to end through the binary.
 
 use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::Output;
+
+use serde_json::Value;
 
 /// Runs the `mdm` binary with `args`.
 fn mdm<I, S>(args: I) -> Output
@@ -10,6 +13,122 @@ where
     S: AsRef<OsStr>,
 {
     std::process::Command::new(env!("CARGO_BIN_EXE_mdm")).args(args).output().expect("run mdm")
+}
+
+// ---- `mdm eval fid` ----
+
+/// Panics with the command's output unless it succeeded; returns its stdout.
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn frechet_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("metrics/tests/fixtures/frechet")
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read JSON")).expect("JSON")
+}
+
+/// Two numpy-written .npz (np.savez_compressed and np.savez) → the references' FID.
+#[test]
+fn fid_of_numpy_npz_equals_references() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        frechet_fixtures().join("d64_full_a.npz"),
+        frechet_fixtures().join("d64_full_b.npz"),
+    );
+    let result = tmp.path().join("r.json");
+    let out = mdm([
+        OsStr::new("eval"),
+        "fid".as_ref(),
+        a.as_os_str(),
+        b.as_os_str(),
+        "--out".as_ref(),
+        result.as_os_str(),
+    ]);
+    let stdout = ok(&out);
+
+    let goldens = read_json(&frechet_fixtures().join("goldens.json"));
+    let refs = &goldens["cases"]["d64_full"]["fid"];
+    let r = read_json(&result);
+    let fid = r["fid"].as_f64().unwrap();
+    for name in ["pytorch_fid", "torchmetrics", "clean_fid"] {
+        let want = refs[name].as_f64().unwrap();
+        assert!((fid - want).abs() <= 1e-6 * want, "{fid} against {name} {want}");
+    }
+    assert_eq!(stdout.trim(), format!("FID {fid}"));
+    assert_eq!(r["dims"], 64);
+    assert_eq!(r["a"], a.to_str().unwrap());
+    assert!(r["n_a"].is_null() && r["n_b"].is_null() && r["eps"].is_null(), "{r}");
+    assert_eq!(r["warnings"], serde_json::json!([]));
+}
+
+/// Statistics that record n < dims + 1 are warned about, on stderr and in the JSON.
+#[test]
+fn fid_warns_on_rank_deficient_statistics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = mdm_metrics::npz::read_stats(&frechet_fixtures().join("d64_rankdef_a.npz")).unwrap();
+    s.n = Some(40);
+    let a = tmp.path().join("a.npz");
+    mdm_metrics::npz::write_stats(&a, &s).unwrap();
+    let b = frechet_fixtures().join("d64_rankdef_b.npz");
+    let result = tmp.path().join("r.json");
+    let out = mdm([
+        OsStr::new("eval"),
+        "fid".as_ref(),
+        a.as_os_str(),
+        b.as_os_str(),
+        "--out".as_ref(),
+        result.as_os_str(),
+    ]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning:") && stderr.contains("n = 40 < dims + 1 = 65"),
+        "{stderr}"
+    );
+    let r = read_json(&result);
+    assert_eq!(
+        (r["n_a"].as_u64(), r["warnings"].as_array().unwrap().len()),
+        (Some(40), 1),
+        "{r}"
+    );
+    let want = read_json(&frechet_fixtures().join("goldens.json"))["cases"]["d64_rankdef"]["fid"]["pytorch_fid"]
+        .as_f64()
+        .unwrap();
+    assert!((r["fid"].as_f64().unwrap() - want).abs() <= 1e-4 * want, "{r}");
+}
+
+/// An image folder needs the Inception weights; a broken .npz is named in the error.
+#[test]
+fn fid_input_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = frechet_fixtures().join("d64_full_a.npz");
+    let out = mdm([
+        OsStr::new("eval"),
+        "fid".as_ref(),
+        a.as_os_str(),
+        tmp.path().as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--inception"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = tmp.path().join("bad.npz");
+    std::fs::write(&bad, b"not a zip").unwrap();
+    let out = mdm([OsStr::new("eval"), "fid".as_ref(), a.as_os_str(), bad.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.npz"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---- `mdm eval coco-prep` and `mdm eval class-manifest` ----

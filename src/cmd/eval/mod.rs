@@ -4,6 +4,7 @@ pub mod classes;
 pub mod clip;
 pub mod coco;
 pub mod fid;
+pub mod fid_stats;
 
 use std::process::ExitCode;
 
@@ -13,7 +14,7 @@ use clap::Subcommand;
 #[derive(Subcommand)]
 pub enum EvalCmd {
     /// Inception pool3 statistics {mu, sigma} of an image folder or shard manifest, as .npz.
-    FidStats(fid::FidStatsArgs),
+    FidStats(fid_stats::FidStatsArgs),
     /// Fréchet distance between two image folders or .npz statistics.
     Fid(fid::FidArgs),
     /// CLIP score (torchmetrics' CLIPScore) of generated images against their captions.
@@ -26,8 +27,8 @@ pub enum EvalCmd {
 
 pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
     match cmd {
-        EvalCmd::FidStats(a) => fid::run_stats(a),
-        EvalCmd::Fid(a) => fid::run_fid(a),
+        EvalCmd::FidStats(a) => fid_stats::run(a),
+        EvalCmd::Fid(a) => fid::run(a),
         EvalCmd::Clip(a) => clip::run(a),
         EvalCmd::CocoPrep(a) => coco::run(a),
         EvalCmd::ClassManifest(a) => classes::run(a),
