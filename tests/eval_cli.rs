@@ -260,6 +260,100 @@ fn class_manifest_is_balanced_in_every_prefix() {
     assert_eq!(s0, s1, "the same rows and ids whatever the seed");
 }
 
+/// Panics with the output unless the command succeeded; returns its stdout (fid-stats tests).
+fn fid_stats_ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn fid_stats_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read JSON")).expect("JSON")
+}
+
+/// The FID Inception features (`[n, dims]`, row-major) that the Python references gave for the
+/// committed PNGs in `mode` (metrics/tests/fixtures/inception, formula weights).
+fn fid_stats_goldens(mode: &str, dims: usize) -> Vec<(String, Vec<f32>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("metrics/tests/fixtures/inception");
+    let meta = fid_stats_json(&dir.join("features.json"));
+    let blob = std::fs::read(dir.join("features.f32")).unwrap();
+    let all: Vec<f32> = blob.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    meta["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["mode"] == mode && e["dims"] == dims as u64)
+        .map(|e| {
+            let off = e["offset"].as_u64().unwrap() as usize;
+            (e["image"].as_str().unwrap().to_string(), all[off..off + dims].to_vec())
+        })
+        .collect()
+}
+
+/// fid-stats on a folder with a corrupt image: it is reported by path and counted, the others'
+/// statistics are written (mu equal to the references' mean feature), with the JSON beside them;
+/// a manifest picks its rows.
+#[test]
+fn fid_stats_counts_a_corrupt_image_and_writes_stats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("inception.safetensors");
+    mdm_metrics::inception::formula::write(&weights).unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("metrics/tests/fixtures/inception/images");
+    let goldens = fid_stats_goldens("torch-fidelity", 64);
+    assert_eq!(goldens.len(), 3);
+    for (name, _) in &goldens {
+        std::fs::copy(src.join(name), images.join(name)).unwrap();
+    }
+    std::fs::write(images.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(images.join("notes.txt"), b"not an image").unwrap();
+    let out = tmp.path().join("stats/s.npz");
+    let run = mdm([
+        OsStr::new("eval"), OsStr::new("fid-stats"), images.as_os_str(), OsStr::new("--inception"), weights.as_os_str(),
+        OsStr::new("--out"), out.as_os_str(), OsStr::new("--mode"), OsStr::new("torch-fidelity"), OsStr::new("--dims"),
+        OsStr::new("64"), OsStr::new("--batch"), OsStr::new("2"), OsStr::new("--device"), OsStr::new("cpu"),
+        OsStr::new("--workers"), OsStr::new("2"), OsStr::new("--quiet"),
+    ]);
+    let stdout = fid_stats_ok(&run);
+    assert!(stdout.contains("4 images = 3 used + 1 rejected"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains(&images.join("broken.png").display().to_string()), "{stderr}");
+
+    let info = fid_stats_json(&out.with_extension("json"));
+    assert_eq!(info["n"], 3);
+    assert_eq!(info["mode"], "torch-fidelity");
+    assert_eq!(info["dims"], 64);
+    assert!(info["rejected"][0]["file"].as_str().unwrap().ends_with("broken.png"), "{info}");
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&weights).unwrap()))
+    };
+    assert_eq!(info["inception_sha256"], sha.as_str());
+
+    let stats = mdm_metrics::npz::read_stats(&out).unwrap();
+    assert_eq!(stats.mu.len(), 64);
+    assert_eq!(stats.sigma.len(), 64 * 64);
+    let scale = goldens.iter().flat_map(|(_, f)| f).fold(0f32, |m, v| m.max(v.abs())) as f64;
+    for d in 0..64 {
+        let want = goldens.iter().map(|(_, f)| f[d] as f64).sum::<f64>() / 3.0;
+        assert!((stats.mu[d] - want).abs() <= 2e-4 * scale, "mu[{d}] {} vs {want}", stats.mu[d]);
+    }
+
+    // a manifest of two rows, relative to its folder
+    let manifest = images.join("rows.jsonl");
+    let rows: String = goldens[..2].iter().map(|(n, _)| format!("{{\"file\": \"{n}\"}}\n")).collect();
+    std::fs::write(&manifest, rows).unwrap();
+    let out2 = tmp.path().join("m.npz");
+    let stdout = fid_stats_ok(&mdm([
+        OsStr::new("eval"), OsStr::new("fid-stats"), manifest.as_os_str(), OsStr::new("--inception"), weights.as_os_str(),
+        OsStr::new("--out"), out2.as_os_str(), OsStr::new("--dims"), OsStr::new("64"), OsStr::new("--device"),
+        OsStr::new("cpu"), OsStr::new("--quiet"),
+    ]));
+    assert!(stdout.contains("2 images = 2 used + 0 rejected"), "{stdout}");
+    assert_eq!(fid_stats_json(&out2.with_extension("json"))["mode"], "clean");
+}
+
 fn clip_fixtures() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("metrics/tests/fixtures/clip")
 }
