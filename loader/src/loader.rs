@@ -16,6 +16,7 @@ use crate::batch::Batch;
 use crate::error::{io, Error, Result};
 use crate::order::{Composition, EpochEnd, Planner, SetShape, Shuffle};
 use crate::pipeline::{self, Assembled, Channels, Config};
+use crate::recycle::{Pool, Recycler};
 use crate::source::{check_mix, Fetcher, Location, Needs, Set};
 use crate::state::LoaderState;
 use crate::store::{is_url, RemoteSet, StoreOptions};
@@ -356,8 +357,9 @@ impl LoaderBuilder {
             threads.push(spawn(format!("mdm-loader-decode-{i}"), Box::new(move || pipeline::worker(cfg, jobs, results, shared)))?);
         }
         let ch = Channels { tokens: token_tx, jobs: jobs_tx, results: results_tx };
-        let (c, sh, st) = (cfg.clone(), shared.clone(), stop.clone());
-        threads.push(spawn("mdm-loader-read".into(), Box::new(move || pipeline::reader(planner, fetcher, c, ch, sh, st)))?);
+        let pool = Arc::new(Pool::default());
+        let (c, sh, po, st) = (cfg.clone(), shared.clone(), pool.clone(), stop.clone());
+        threads.push(spawn("mdm-loader-read".into(), Box::new(move || pipeline::reader(planner, fetcher, c, ch, sh, po, st)))?);
         let (c, sh) = (cfg, shared.clone());
         threads.push(spawn("mdm-loader-assemble".into(), Box::new(move || pipeline::assembler(c, results_rx, out_tx, sh)))?);
         Ok(Loader {
@@ -365,6 +367,7 @@ impl LoaderBuilder {
             rx,
             tokens,
             shared,
+            pool,
             stop,
             threads,
             order_log,
@@ -414,6 +417,7 @@ pub struct Loader {
     rx: Receiver<Assembled>,
     tokens: Receiver<()>,
     shared: Arc<Shared>,
+    pool: Arc<Pool>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     order_log: Option<(PathBuf, File)>,
@@ -436,6 +440,13 @@ impl Loader {
 
     pub fn stats(&self) -> Stats {
         self.shared.snapshot((self.batches, self.samples, self.skipped), &self.per_resolution, self.started)
+    }
+
+    /// A handle through which a consumer done with a batch gives its pixel buffers back, so
+    /// that later steps are built in them (no fresh pages per step). Optional: batches not
+    /// given back are freed as usual.
+    pub fn recycler(&self) -> Recycler {
+        Recycler(Arc::downgrade(&self.pool))
     }
 
     /// Samples in one loader epoch (over all ranks): the rows of all sets together.

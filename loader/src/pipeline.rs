@@ -27,6 +27,7 @@ use crate::batch::{Batch, Pixels, TextBatch};
 use crate::decode::{Decoder, Transform};
 use crate::error::{Corrupt, Error, Result};
 use crate::order::{hash, unit, Cursor, Planned, Planner, StepPlan, TAG_CROP, TAG_FLIP};
+use crate::recycle::Pool;
 use crate::source::{Fetcher, Payload};
 use crate::stats::{add_time, Shared};
 use crate::CorruptPolicy;
@@ -103,7 +104,7 @@ impl Target {
 
 impl StepPixels {
     /// Uninitialised tensors for `plan` (`frames` per sample), and the target of each slot.
-    fn new(plan: &StepPlan, frames: usize) -> (Arc<StepPixels>, Vec<Target>) {
+    fn new(plan: &StepPlan, frames: usize, pool: &Pool) -> (Arc<StepPixels>, Vec<Target>) {
         let sample_bytes = |res: u32| 3 * (res as usize).pow(2) * frames;
         let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
         for p in &plan.samples {
@@ -112,7 +113,7 @@ impl StepPixels {
         let tensors: Vec<(u32, Vec<u8>, *mut MaybeUninit<u8>)> = counts
             .iter()
             .map(|(&res, &n)| {
-                let mut buf = Vec::with_capacity(n * sample_bytes(res));
+                let mut buf = pool.take(n * sample_bytes(res));
                 let base = buf.spare_capacity_mut().as_mut_ptr();
                 (res, buf, base)
             })
@@ -184,7 +185,7 @@ pub(crate) struct Channels {
     pub results: Sender<Msg>,
 }
 
-pub(crate) fn reader(mut planner: Planner, mut fetcher: Fetcher, cfg: Arc<Config>, ch: Channels, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+pub(crate) fn reader(mut planner: Planner, mut fetcher: Fetcher, cfg: Arc<Config>, ch: Channels, shared: Arc<Shared>, pool: Arc<Pool>, stop: Arc<AtomicBool>) {
     for seq in 0.. {
         let t = Instant::now();
         if ch.tokens.send(()).is_err() || stop.load(Relaxed) {
@@ -192,7 +193,7 @@ pub(crate) fn reader(mut planner: Planner, mut fetcher: Fetcher, cfg: Arc<Config
         }
         add_time(&shared.reader_backpressure_ns, t);
         let plan = planner.next_step();
-        let (pixels, targets) = StepPixels::new(&plan, cfg.frames());
+        let (pixels, targets) = StepPixels::new(&plan, cfg.frames(), &pool);
         shared.hold(pixels.bytes());
         for ((slot, p), target) in plan.samples.iter().enumerate().zip(targets) {
             let t = Instant::now();
