@@ -71,6 +71,9 @@ struct Buf {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
+    /// Where the allocation goes once Python is done with it (pixel buffers: back to the
+    /// loader, which builds later steps in it).
+    recycler: Option<ml::Recycler>,
 }
 
 // SAFETY: a plain heap allocation owned by this value; the bytes are only touched through numpy.
@@ -79,9 +82,19 @@ unsafe impl Sync for Buf {}
 
 impl Buf {
     fn new(v: Vec<u8>) -> Self {
+        Self::with_recycler(v, None)
+    }
+
+    fn recycled(v: Vec<u8>, recycler: &ml::Recycler) -> Self {
+        Self::with_recycler(v, Some(recycler.clone()))
+    }
+
+    // Not `Buf { recycler, ..Buf::new(v) }`: the fields are Copy, so that would copy the pointer
+    // out of a temporary Buf whose drop then frees the allocation (a double free).
+    fn with_recycler(v: Vec<u8>, recycler: Option<ml::Recycler>) -> Self {
         let mut v = ManuallyDrop::new(v);
         let ptr = NonNull::new(v.as_mut_ptr()).expect("a Vec's pointer is never null");
-        Buf { ptr, len: v.len(), cap: v.capacity() }
+        Buf { ptr, len: v.len(), cap: v.capacity(), recycler }
     }
 }
 
@@ -89,7 +102,10 @@ impl Drop for Buf {
     fn drop(&mut self) {
         // SAFETY: the parts came from a Vec<u8> in `new`; the arrays that pointed here held a
         // reference to the owner, so they are gone.
-        drop(unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), self.len, self.cap) });
+        let v = unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), self.len, self.cap) };
+        if let Some(r) = &self.recycler {
+            r.give(v);
+        }
     }
 }
 
@@ -158,12 +174,14 @@ struct Batch {
     skipped: Vec<ml::Corrupt>,
 }
 
-impl From<ml::Batch> for Batch {
-    fn from(b: ml::Batch) -> Self {
+impl Batch {
+    /// The batch for Python; its pixel buffers go back to the loader when the batch and every
+    /// array viewing it are gone.
+    fn new(b: ml::Batch, recycler: &ml::Recycler) -> Self {
         let pixels = b
             .pixels
             .into_values()
-            .map(|p| PixelBuf { resolution: p.resolution, shape: p.shape(), rows: p.rows, data: Buf::new(p.data) })
+            .map(|p| PixelBuf { resolution: p.resolution, shape: p.shape(), rows: p.rows, data: Buf::recycled(p.data, recycler) })
             .collect();
         let text = b.text.map(|t| TextBuf {
             dtype: t.dtype,
@@ -459,7 +477,7 @@ impl Loader {
             py.check_signals()?;
         }
         match loader.next() {
-            Some(Ok(batch)) => Ok(batch.into()),
+            Some(Ok(batch)) => Ok(Batch::new(batch, &loader.recycler())),
             Some(Err(e)) => Err(py_err(py, e)),
             None => Err(LoaderError::new_err("the loader stopped at an earlier error; load_state_dict() or a new Loader goes on")),
         }

@@ -104,6 +104,24 @@ def test_arrays_are_views_of_the_batch_not_copies(shards: Path) -> None:
     assert t.data_ptr() == px.ctypes.data
 
 
+def test_recycled_buffers_never_touch_arrays_still_held(shards: Path, tmp_path: Path) -> None:
+    """Pixel buffers go back to the loader only once every array viewing them is gone: arrays kept
+    across later steps keep their bytes, and steps built in recycled buffers have the right ones."""
+    steps, batch = 12, 8
+    run(DUMP, shards, tmp_path, batch, 7, 1, 0, steps, "32:1")
+    loader = mdm_loader.Loader(str(shards), batch_size=batch, seed=7, rank=0, world_size=1,
+                               mixed_ratio=[(32, 1.0)], workers=2, prefetch=2)
+    kept = {}
+    for b in take(loader, steps):
+        px = b.pixels[32]
+        assert px.tobytes() == (tmp_path / f"step-{b.step}-32.u8").read_bytes(), f"step {b.step}"
+        if b.step % 3 == 0:
+            kept[b.step] = px  # held: its buffer must not be reused
+        del b, px
+    for step, px in kept.items():
+        assert px.tobytes() == (tmp_path / f"step-{step}-32.u8").read_bytes(), f"kept step {step}"
+
+
 def corrupt_copy(shards: Path, dst: Path) -> tuple[str, int, str]:
     """Copies the set with one byte of shard 1's row 3 jpeg_32 flipped: (shard file, row, id)."""
     import shutil
