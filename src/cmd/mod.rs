@@ -8,6 +8,7 @@ pub mod loader;
 pub mod make_tiny_t5;
 pub mod model;
 pub mod sample;
+pub mod sample_manifest;
 pub mod shards;
 pub mod t5;
 pub mod train;

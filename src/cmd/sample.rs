@@ -59,8 +59,18 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 8.0)]
     fps: f64,
     /// PNG grid (image models); animated GIF (.gif) or MP4 video (.mp4) for video models.
+    #[arg(long, required_unless_present = "manifest", conflicts_with = "manifest")]
+    out: Option<PathBuf>,
+    /// JSON Lines of rows {id, caption | class, file?} (as `mdm eval coco-prep` writes): one PNG
+    /// of the outermost level per row into --out-dir, in fixed batches, resumable.
+    #[arg(long, requires = "out_dir", conflicts_with_all = ["prompt", "class"])]
+    manifest: Option<PathBuf>,
+    /// Folder of the --manifest PNGs (and its sample.json of settings).
     #[arg(long)]
-    out: PathBuf,
+    out_dir: Option<PathBuf>,
+    /// Rows per sampling batch with --manifest (part of the settings a resume must repeat).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,6 +86,24 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         DeviceArg::Cpu => DeviceChoice::Cpu,
         DeviceArg::Cuda => DeviceChoice::Cuda,
     })?;
+    if let (Some(manifest), Some(out_dir)) = (&a.manifest, &a.out_dir) {
+        let settings = super::sample_manifest::Settings {
+            checkpoint: &a.checkpoint,
+            t5: a.t5.as_deref(),
+            ema: !a.no_ema,
+            seed: a.seed,
+            batch: a.batch,
+            steps: a.steps,
+            guidance: a.guidance,
+            ddim_eta: match a.sampler {
+                SamplerKind::Ddpm => None,
+                SamplerKind::Ddim => Some(0.0),
+            },
+            device,
+        };
+        return super::sample_manifest::run(manifest, out_dir, &settings);
+    }
+    let out = a.out.clone().context("give --out FILE (or --manifest FILE --out-dir DIR)")?;
     let s = Sampler::load(&a.checkpoint, !a.no_ema, device)?;
     if a.count < 1 {
         bail!("--count must be at least 1");
@@ -122,7 +150,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         frames: 1, // Sampler::sample sets the model's clip length
     };
     let frames = s.run.frames;
-    let ext = |x: &str| a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
+    let ext = |x: &str| out.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
     let (is_gif, is_mp4) = (ext("gif"), ext("mp4"));
     if frames > 1 && !is_gif && !is_mp4 {
         bail!("this is a video model ({frames} frames per clip): --out must name a .gif or .mp4");
@@ -134,12 +162,12 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         bail!("--fps must be in (0, 100]");
     }
     let levels = s.sample(&cond, n, a.seed, &opts)?;
-    let write = |bytes: Vec<u8>| std::fs::write(&a.out, bytes).with_context(|| format!("writing {}", a.out.display()));
+    let write = |bytes: Vec<u8>| std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()));
     let what = if frames > 1 {
         let pictures = clip_frames(&levels, frames)?;
         let clips = format!("clips of {frames} frames at {} fps", a.fps);
         if is_mp4 {
-            let codec = write_mp4(&pictures, a.fps, &a.out)?;
+            let codec = write_mp4(&pictures, a.fps, &out)?;
             format!("{clips}, {codec:?}")
         } else {
             write(gif_bytes(&pictures, a.fps)?)?;
@@ -152,7 +180,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     };
     println!(
         "wrote {} ({} levels {:?} × {n} {what}) from {}",
-        a.out.display(),
+        out.display(),
         levels.len(),
         s.run.sides,
         s.checkpoint.display()
