@@ -13,7 +13,9 @@
 //! reproduce the reference arithmetic (f64 coefficients and sums in Pillow, f32 in torch and
 //! torch-fidelity) so results agree to rounding.
 //!
-//! ```
+//! (`no_run`: doctest binaries live outside `target/` and miss the libtorch rpath; the unit tests
+//! check the same calls.)
+//! ```no_run
 //! use mdm_metrics::resize::{torch_bilinear, Mode};
 //! let plane = vec![0.0f32, 255.0, 255.0, 0.0];
 //! let up = torch_bilinear(&plane, 2, 2, 4, 4);
@@ -357,6 +359,18 @@ mod tests {
             torch_bilinear_aa(&p, 6, 9, 13, 4),
         ] {
             assert!(r.iter().all(|v| (v - 77.0).abs() < 1e-4), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn mid_grey_maps_to_zero_in_every_mode() {
+        let rgb = vec![128u8; 3 * 8 * 8];
+        for m in Mode::ALL {
+            let x = m.network_input(&rgb, 8, 8);
+            assert_eq!(x.len(), 3 * INPUT_SIZE * INPUT_SIZE);
+            // pytorch-fid scales 2x/255 - 1, so its grey is 1/255, not 0.
+            let tol = if m == Mode::PytorchFid { 1.0 / 255.0 + 1e-6 } else { 1e-6 };
+            assert!(x.iter().all(|v| v.abs() <= tol), "{m}");
         }
     }
 
