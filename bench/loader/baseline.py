@@ -1,7 +1,8 @@
 """Baseline: the same shards read with pyarrow (one row group at a time, the jpeg_256 column),
 decoded with PIL to uint8 CHW numpy arrays and collated into batches, by WORKERS processes.
 Uses torch.utils.data.DataLoader when `import torch` works, else a multiprocessing Pool running
-the same per-worker function (this machine's CPU .venv cannot import torch).
+the same per-worker function (this machine's CPU .venv cannot import torch; run.sh runs it again
+under REF_PY, a Python with torch). Timed after the first batch, like the other loaders.
 usage: baseline.py SHARDS WORKERS BATCH
 """
 import glob
@@ -59,9 +60,12 @@ def main():
 
         pool = mp.Pool(workers)
         how, source = "multiprocessing Pool (torch not importable)", (img for group in pool.imap(decode_group, tasks) for img in group)
+    stream = batches(source, batch)
+    first = next(stream)  # starting the workers and the first row group, untimed as for the others
     t = time.perf_counter()
-    n = sum(len(b) for b in batches(source, batch))
+    n = sum(len(b) for b in stream)
     dt = time.perf_counter() - t
+    assert first.shape[1:] == (3, 256, 256), first.shape
     if pool:
         pool.close()
     print(f"pyarrow+PIL {n / dt:.1f} img/s ({n} images, {workers} workers, {how}, {dt:.2f} s)")
