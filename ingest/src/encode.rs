@@ -110,13 +110,10 @@ pub fn write_mp4_with(frames: &[image::RgbImage], fps: f64, codec: Codec, path: 
         return Err(Mp4Error::Fps(fps));
     }
     let encoder = ff::encoder::find_by_name(codec.encoder_name()).ok_or(Mp4Error::NoEncoder { codec })?;
-    let Some(name) = path.file_name() else {
+    if path.file_name().is_none() {
         return Err(Mp4Error::Io { path: path.to_path_buf(), source: std::io::Error::other("not a file name") });
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    }
+    let tmp = mdm_shards::durable::temp_path(path);
     // The `file:` protocol: a path with a colon is not taken for another protocol.
     let url = match tmp.to_str() {
         Some(s) if !s.contains('\0') => format!("file:{s}"),
@@ -130,7 +127,8 @@ pub fn write_mp4_with(frames: &[image::RgbImage], fps: f64, codec: Codec, path: 
         height,
         source,
     });
-    let result = result.and_then(|()| std::fs::rename(&tmp, path).map_err(|source| Mp4Error::Io { path: path.to_path_buf(), source }));
+    let result = result
+        .and_then(|()| mdm_shards::durable::sync_file(&tmp).and_then(|()| mdm_shards::durable::persist(&tmp, path)).map_err(|e| Mp4Error::Io { path: e.path, source: e.source }));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -28,6 +28,12 @@ pub enum Error {
     Shards(#[from] mdm_shards::Error),
 }
 
+impl From<mdm_shards::durable::WriteError> for Error {
+    fn from(e: mdm_shards::durable::WriteError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
+}
+
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, source }

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -28,6 +27,8 @@ use mdm_shards::{
     Body, BuildStats, ClassInfo, ImageBody, Layout, Manifest, Record, RecordKind, ShardEntry, ShardWriter, VideoBody, WriterOptions,
 };
 use serde::{Deserialize, Serialize};
+
+use mdm_shards::durable::write_atomic;
 
 use crate::error::{io, Error};
 use crate::image::Processor;
@@ -518,22 +519,12 @@ fn close_chunk(build: &Build, mut c: OpenChunk, text: &mut Option<TextStage>) ->
     let done = ChunkDone { chunk: c.k, settings: build.manifest_settings.clone(), stats: c.stats, shards, rejects: c.rejects };
     let path = build.sidecar(c.k);
     let json = serde_json::to_vec(&done).map_err(|e| Error::Source { path: path.clone(), msg: e.to_string() })?;
-    write_atomic(&path, &json)
+    Ok(write_atomic(&path, &json)?)
 }
 
 fn read_sidecar(path: &Path) -> Result<ChunkDone, Error> {
     let text = fs::read(path).map_err(io(path))?;
     serde_json::from_slice(&text).map_err(|e| Error::Resume { path: path.to_path_buf(), msg: e.to_string() })
-}
-
-/// Writes `path` through a temporary file, fsync and rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
 }
 
 /// Manifest and rejects list from all sidecars of this part.

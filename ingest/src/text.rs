@@ -14,7 +14,7 @@ use mdm_shards::{BuildStats, EmbeddingDType, Manifest, Record, ShardEntry, Shard
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Error};
-use crate::pipeline::write_atomic;
+use mdm_shards::durable::write_atomic;
 use crate::rejects::{RejectReason, RejectRecord};
 use crate::t5::{EncodeOptions, StorageDtype, TextEncoder};
 

@@ -59,6 +59,12 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<mdm_shards::durable::WriteError> for Error {
+    fn from(e: mdm_shards::durable::WriteError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
+}
+
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, source }

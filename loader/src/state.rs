@@ -1,6 +1,5 @@
 //! [`LoaderState`]: the small serialisable cursor a loader resumes from.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -44,12 +43,9 @@ impl LoaderState {
         Ok(s)
     }
 
-    /// Writes the state atomically (temporary file, fsync, rename).
+    /// Writes the state durably ([`mdm_shards::durable::write_atomic`]).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(self.to_json().as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
+        Ok(mdm_shards::durable::write_atomic(path, self.to_json().as_bytes())?)
     }
 
     pub fn load(path: &Path) -> Result<Self> {

@@ -357,8 +357,7 @@ impl DiskCache {
         }
         self.evict(len);
         let name = Self::name(key);
-        let (path, tmp) = (self.dir.join(&name), self.dir.join(format!("{name}.tmp")));
-        std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path)).map_err(io(&path))?;
+        mdm_shards::durable::write_atomic(&self.dir.join(&name), bytes)?;
         self.tick += 1;
         if let Some((old, _)) = self.entries.insert(name, (len, self.tick)) {
             self.bytes -= old;

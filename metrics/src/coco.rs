@@ -42,7 +42,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -409,27 +408,13 @@ pub fn is_valid_reference(path: &Path, size: u32) -> bool {
     matches!(reader.decode(), Ok(img) if img.width() == size && img.height() == size && img.color() == image::ColorType::Rgb8)
 }
 
-/// The temporary name beside `dst` that [`write_png_atomic`] writes before renaming.
-fn temp_path(dst: &Path) -> PathBuf {
-    let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    dst.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-/// Writes `img` as an RGB PNG to a temporary file beside `dst`, then renames it to `dst`.
+/// Writes `img` as an RGB PNG to `dst` durably ([`mdm_shards::durable`]).
 pub fn write_png_atomic(img: &RgbImage, dst: &Path) -> Result<()> {
-    let tmp = temp_path(dst);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        image::codecs::png::PngEncoder::new(&mut f)
+    Ok(mdm_shards::durable::write_atomic_with(dst, |f| {
+        image::codecs::png::PngEncoder::new(f)
             .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-            .map_err(std::io::Error::other)?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Io { path: tmp, source: e });
-    }
-    std::fs::rename(&tmp, dst).map_err(io(dst))
+            .map_err(std::io::Error::other)
+    })?)
 }
 
 /// The source path of `pair` under `images`; a `file_name` that leaves the folder is refused.
@@ -505,17 +490,7 @@ pub fn write_manifest<'a>(path: &Path, pairs: impl IntoIterator<Item = &'a Pair>
     write_atomic(path, text.as_bytes())
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it to `path`.
+/// Writes `bytes` to `path` durably ([`mdm_shards::durable`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Io { path: tmp, source: e });
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))
+    Ok(mdm_shards::durable::write_atomic(path, bytes)?)
 }

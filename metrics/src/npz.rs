@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{io, Error, Result};
 use crate::stats::Stats;
@@ -185,36 +185,9 @@ pub fn write_stats(path: &Path, stats: &Stats) -> Result<()> {
     write_npz(path, &arrays)
 }
 
-/// Writes through a temporary file beside `path`, fsyncs it and renames it into place.
-fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| Error::Invalid {
-        path: path.to_path_buf(),
-        msg: "not a file name".into(),
-    })?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        write(&mut file)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        });
-    }
-    // Persist the rename; not every platform can open a folder, so this is best effort.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+/// Writes durably through [`mdm_shards::durable::write_atomic_with`].
+fn write_atomic(path: &Path, write: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+    Ok(mdm_shards::durable::write_atomic_with(path, write)?)
 }
 
 fn write_npy<W: Write>(w: &mut W, array: &Array) -> std::io::Result<()> {

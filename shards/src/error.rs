@@ -27,6 +27,12 @@ pub enum Error {
     Merge(String),
 }
 
+impl From<crate::durable::WriteError> for Error {
+    fn from(e: crate::durable::WriteError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {

@@ -34,6 +34,7 @@
 //! ```
 
 mod batch;
+pub mod durable;
 mod error;
 mod manifest;
 mod reader;

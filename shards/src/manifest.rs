@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -181,12 +180,9 @@ impl Manifest {
     pub fn write_as(&self, dir: &Path, name: &str) -> Result<PathBuf> {
         let path = dir.join(name);
         self.validate(&path)?;
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let json = serde_json::to_vec_pretty(self).map_err(|source| Error::ManifestJson { path: path.clone(), source })?;
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&json).and_then(|_| f.write_all(b"\n")).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(dir)?;
+        let mut json = serde_json::to_vec_pretty(self).map_err(|source| Error::ManifestJson { path: path.clone(), source })?;
+        json.push(b'\n');
+        crate::durable::write_atomic(&path, &json)?;
         Ok(path)
     }
 
@@ -245,10 +241,6 @@ impl Manifest {
         }
         Ok(out)
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

@@ -220,8 +220,7 @@ impl ShardWriter {
         let file = inner.into_inner().map_err(|e| Error::Io { path: cur.tmp.clone(), source: e.into_error() })?;
         file.sync_all().map_err(io(&cur.tmp))?;
         let path = self.dir.join(&cur.name);
-        fs::rename(&cur.tmp, &path).map_err(io(&path))?;
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        crate::durable::persist(&cur.tmp, &path)?;
         self.done.push(ShardEntry {
             file: cur.name,
             rows: cur.rows,

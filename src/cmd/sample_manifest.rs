@@ -12,7 +12,6 @@
 //! `sample.json` in the folder records the settings; a rerun with other settings is refused.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -262,12 +261,9 @@ fn check_settings(out_dir: &Path, manifest: &Path, rows: &[Row], s: &Settings, c
     write_atomic(&path, format!("{}\n", serde_json::to_string_pretty(&record)?).as_bytes())
 }
 
-/// Temp file in the same folder, fsync, rename: a killed run never leaves a truncated PNG.
+/// A killed run never leaves a truncated PNG (`mdm_shards::durable`).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    Ok(mdm_shards::durable::write_atomic(path, bytes)?)
 }
 
 #[cfg(test)]

@@ -96,38 +96,51 @@ fn rejects_file(manifest: &Path) -> PathBuf {
     manifest.with_file_name(format!("rejects{middle}.jsonl"))
 }
 
-/// Concatenates the parts' rejects lists, in part order, into `out` (through a temporary file
-/// and a rename). Each list must hold one line per reject its manifest counts, so that the
+/// Concatenates the parts' rejects lists, in part order, into `out` (durably:
+/// `mdm_shards::durable`). Each list must hold one line per reject its manifest counts, so that the
 /// merged `rejects.jsonl` accounts for `in = written + rejected`; a part without rejects may
 /// lack the file.
 fn merge_rejects(parts: &[(PathBuf, u64)], out: &Path) -> Result<()> {
     use std::io::{BufRead, Write};
-    let tmp = out.with_file_name(".rejects.jsonl.tmp");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
-    for (path, expected) in parts {
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && *expected == 0 => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {} ({expected} rejects in its manifest)", path.display())),
-        };
-        let mut lines = 0u64;
-        for line in std::io::BufReader::new(file).split(b'\n') {
-            let line = line.with_context(|| format!("reading {}", path.display()))?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+    // A part's problem, kept here so its message names the part, not the temporary file.
+    let mut bad_part: Option<anyhow::Error> = None;
+    let written = mdm_shards::durable::write_atomic_with(out, |w| {
+        for (path, expected) in parts {
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && *expected == 0 => continue,
+                Err(e) => {
+                    bad_part = Some(anyhow::Error::new(e).context(format!("reading {} ({expected} rejects in its manifest)", path.display())));
+                    return Err(std::io::Error::other("a part's rejects list"));
+                }
+            };
+            let mut lines = 0u64;
+            for line in std::io::BufReader::new(file).split(b'\n') {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => {
+                        bad_part = Some(anyhow::Error::new(e).context(format!("reading {}", path.display())));
+                        return Err(std::io::Error::other("a part's rejects list"));
+                    }
+                };
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                w.write_all(&line)?;
+                w.write_all(b"\n")?;
+                lines += 1;
             }
-            w.write_all(&line)?;
-            w.write_all(b"\n")?;
-            lines += 1;
+            if lines != *expected {
+                bad_part = Some(anyhow::anyhow!("{} lists {lines} rejects, its manifest counts {expected}", path.display()));
+                return Err(std::io::Error::other("a part's rejects list"));
+            }
         }
-        if lines != *expected {
-            bail!("{} lists {lines} rejects, its manifest counts {expected}", path.display());
-        }
+        Ok(())
+    });
+    match (bad_part, written) {
+        (Some(e), _) => Err(e),
+        (None, r) => Ok(r?),
     }
-    let f = w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-    Ok(())
 }
 
 /// The `inspect` summary as text.

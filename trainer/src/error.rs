@@ -44,6 +44,12 @@ pub enum Error {
     },
 }
 
+impl From<mdm_shards::durable::WriteError> for Error {
+    fn from(e: mdm_shards::durable::WriteError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
+}
+
 fn path_suffix(p: &Option<PathBuf>) -> String {
     match p {
         Some(p) => format!(" ({})", p.display()),

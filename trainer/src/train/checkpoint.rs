@@ -12,6 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use mdm_loader::LoaderState;
+use mdm_shards::durable;
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Tensor};
 
@@ -102,10 +103,6 @@ fn weights_from(vs: &VarStore, opt: &FlatOptimizer, flat: &Tensor) -> Vec<(Strin
     all.into_iter().collect()
 }
 
-fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
-}
-
 /// Writes the checkpoint of `state.step` atomically, then deletes all but the newest `keep`.
 pub fn save(
     run: &Path,
@@ -147,15 +144,13 @@ pub fn save(
     fs::write(&p, config_toml).map_err(io(&p))?;
     files.push(p);
     for f in &files {
-        sync_file(f)?;
+        durable::sync_file(f)?;
     }
+    durable::sync_dir(&tmp)?;
     if fin.exists() {
         fs::remove_dir_all(&fin).map_err(io(&fin))?;
     }
-    fs::rename(&tmp, &fin).map_err(io(&fin))?;
-    if let Some(parent) = fin.parent() {
-        sync_file(parent)?;
-    }
+    durable::persist(&tmp, &fin)?;
     let all = list(run)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
         fs::remove_dir_all(old).map_err(io(old))?;

@@ -75,7 +75,7 @@ impl Logger {
         if !out.is_empty() {
             out.push('\n');
         }
-        std::fs::write(&p, out).map_err(|source| Error::Io { path: p, source })
+        Ok(mdm_shards::durable::write_atomic(&p, out.as_bytes())?)
     }
 
     /// Records every step in `losses.jsonl` (exact f64 values).

@@ -290,7 +290,7 @@ impl Trainer {
                 }
             }
             None if lead => {
-                std::fs::write(out.join("config.toml"), &config_toml).map_err(io(&out.join("config.toml")))?;
+                mdm_shards::durable::write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
                 Logger::truncate_after(&out, 0)?;
             }
             None => {}
