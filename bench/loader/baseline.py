@@ -60,10 +60,12 @@ def main():
 
         pool = mp.Pool(workers)
         how, source = "multiprocessing Pool (torch not importable)", (img for group in pool.imap(decode_group, tasks) for img in group)
-    stream = batches(source, batch)
-    first = next(stream)  # starting the workers and the first row group, untimed as for the others
+    # Timed from the first request, worker start included: untiming the first batch would hide
+    # all decoding when one row group holds most images (it did: 24k img/s at 1024 images).
     t = time.perf_counter()
-    n = sum(len(b) for b in stream)
+    stream = batches(source, batch)
+    first = next(stream)
+    n = len(first) + sum(len(b) for b in stream)
     dt = time.perf_counter() - t
     assert first.shape[1:] == (3, 256, 256), first.shape
     if pool:
