@@ -18,7 +18,8 @@ use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
 use mdm_ingest::sources::RunOptions as IngestRun;
 use mdm_trainer::diffusion::SampleOptions;
 use mdm_trainer::model::Conditioning;
-use mdm_trainer::sample::{clip_frames, gif_bytes, grid, png_bytes, Sampler};
+use mdm_trainer::pictures::{clip_frames, gif_bytes, grid, png_bytes};
+use mdm_trainer::sample::Sampler;
 use mdm_trainer::tch::{Device, Tensor};
 use mdm_trainer::train::{self, RunOptions};
 

@@ -10,10 +10,11 @@ use mdm_ingest::t5::{EncodeOptions, TextEncoder};
 use mdm_trainer::diffusion::SampleOptions;
 use mdm_trainer::model::Conditioning;
 use mdm_ingest::encode::write_mp4;
-use mdm_trainer::sample::{clip_frames, gif_bytes, grid, png_bytes, Sampler};
+use mdm_trainer::pictures::{clip_frames, gif_bytes, grid, png_bytes};
+use mdm_trainer::sample::Sampler;
 use mdm_trainer::tch::{Device, Kind, Tensor};
-use mdm_trainer::train::config::{CondKind, DeviceChoice};
-use mdm_trainer::train::pick_device;
+use mdm_trainer::run_config::{CondKind, DeviceChoice};
+use mdm_trainer::run_config::pick_device;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum SamplerKind {

@@ -20,7 +20,7 @@ use mdm_trainer::diffusion::SampleOptions;
 use mdm_trainer::model::Conditioning;
 use mdm_trainer::sample::Sampler;
 use mdm_trainer::tch::{Device, Kind, Tensor};
-use mdm_trainer::train::config::CondKind;
+use mdm_trainer::run_config::CondKind;
 use serde_json::{json, Value};
 
 /// One manifest row.
@@ -209,7 +209,7 @@ pub fn run(manifest: &Path, out_dir: &Path, s: &Settings) -> Result<ExitCode> {
             let mut rgb = vec![0u8; (side * side * 3) as usize];
             let len = rgb.len();
             img.copy_data_u8(&mut rgb, len);
-            let png = mdm_trainer::sample::png_bytes(side, side, rgb)?;
+            let png = mdm_trainer::pictures::png_bytes(side, side, rgb)?;
             write_atomic(&path, &png)?;
             written += 1;
         }

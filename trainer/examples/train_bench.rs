@@ -22,9 +22,9 @@ use mdm_trainer::config::ModelConfig;
 use mdm_trainer::diffusion::NestedDiffusion;
 use mdm_trainer::model::{Conditioning, MdmUNet};
 use mdm_trainer::tch::{self, nn, nn::OptimizerConfig, Device, Kind, Tensor};
-use mdm_trainer::train::config::{OptimConfig, Precision};
+use mdm_trainer::run_config::{OptimConfig, Precision};
 use mdm_trainer::train::forward_backward;
-use mdm_trainer::train::optim::FlatOptimizer;
+use mdm_trainer::optim::FlatOptimizer;
 
 struct Args {
     model: String,

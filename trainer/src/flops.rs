@@ -27,7 +27,7 @@
 
 use crate::config::{LevelSpec, ModelConfig};
 use crate::error::{Error, Result};
-use crate::model::attention::TEMPORAL_HEAD_CHANNELS;
+use crate::config::TEMPORAL_HEAD_CHANNELS;
 
 /// Training FLOPs per forward FLOP (forward + backward).
 pub const TRAIN_FACTOR: u128 = 3;

@@ -8,9 +8,13 @@
 //!   network;
 //! - [`growth`]: initialising a NestedUNet from a lower-resolution checkpoint;
 //! - [`weights`]: safetensors checkpoints under ml-mdm's key names;
-//! - [`train`]: training runs (config, AdamW/EMA, checkpoints, exact resume, logs);
+//! - [`run_config`]: a training run's TOML (model file, run, data, optim, progressive, sample),
+//!   validated once into [`run_config::Resolved`];
+//! - [`optim`]: AdamW, clipping and EMA on one flat buffer; [`checkpoint`]: atomic checkpoint
+//!   folders, used by training, sampling and [`growth`];
+//! - [`train`]: training runs (batches as tensors, the step loop, exact resume, logs);
 //! - [`dist`]: data-parallel training: c10d TCPStore + Gloo, NCCL for CUDA tensors, torchrun/Slurm launch;
-//! - [`sample`]: sampling a checkpoint into PNG grids of every level;
+//! - [`sample`]: sampling a checkpoint, every level at once; [`pictures`]: PNG grids and GIFs;
 //! - [`cuda`]: loading libtorch's CUDA backend (call before the first CUDA query).
 //!
 //! ```no_run
@@ -39,6 +43,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod config;
+pub mod checkpoint;
 pub mod cuda;
 pub mod diffusion;
 pub mod dist;
@@ -46,7 +51,10 @@ pub mod error;
 pub mod flops;
 pub mod growth;
 pub mod model;
+pub mod optim;
+pub mod pictures;
 pub mod run;
+pub mod run_config;
 pub mod sample;
 pub mod train;
 pub mod weights;

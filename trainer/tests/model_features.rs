@@ -239,15 +239,20 @@ fn published_presets_and_fixture_configs_parse() {
 
 #[test]
 fn label_dropout_and_freezing() {
-    use mdm_trainer::model::drop_labels;
+    use mdm_trainer::model::{cfg_dropout, Conditioning};
     tch::manual_seed(2);
     let labels = Tensor::arange(1000, (Kind::Int64, Device::Cpu)).remainder(7);
-    let d = drop_labels(&labels, 0.25, 7);
+    let Conditioning::Class(d) = cfg_dropout(Conditioning::Class(labels.shallow_clone()), 0.25, Some(7)).unwrap() else {
+        panic!("class labels stay class labels")
+    };
     let dropped = d.eq(7).sum(Kind::Int64).int64_value(&[]);
     assert!((150..350).contains(&dropped), "about 25% dropped, got {dropped}");
     let kept = d.ne(7);
     assert_eq!(d.masked_select(&kept).eq_tensor(&labels.masked_select(&kept)).all().int64_value(&[]), 1);
-    assert_eq!(drop_labels(&labels, 0.0, 7).eq_tensor(&labels).all().int64_value(&[]), 1);
+    let Conditioning::Class(same) = cfg_dropout(Conditioning::Class(labels.shallow_clone()), 0.0, Some(7)).unwrap() else {
+        panic!("class labels stay class labels")
+    };
+    assert_eq!(same.eq_tensor(&labels).all().int64_value(&[]), 1);
 
     let toml = r#"
 model = "nested_unet"

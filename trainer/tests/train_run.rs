@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use image::{codecs::jpeg::JpegEncoder, ExtendedColorType, Rgb, RgbImage};
 use mdm_shards::{Body, ImageBody, Layout, Manifest, Record, RecordKind, ShardWriter, WriterOptions};
-use mdm_trainer::model::Conditioning;
+use mdm_trainer::model::{cfg_dropout, Conditioning};
 use mdm_trainer::tch::{Device, Kind, Tensor};
-use mdm_trainer::train::{self, batch, checkpoint, config::TrainConfig, Outcome, RunOptions, Trainer};
+use mdm_trainer::train::{self, batch, Outcome, RunOptions, Trainer};
+use mdm_trainer::{checkpoint, run_config::TrainConfig};
 use mdm_trainer::Error;
 
 /// libtorch's default RNG is process-wide and every run reseeds it: tests that train or draw
@@ -254,7 +255,7 @@ fn cfg_dropout_nulls_the_condition_at_the_set_rate() {
     let tokens = Tensor::ones([n, 5, 8], (Kind::Float, Device::Cpu));
     let mask = Tensor::ones([n, 5], (Kind::Float, Device::Cpu));
     let Conditioning::Text { tokens, mask } =
-        batch::cfg_dropout(Conditioning::Text { tokens, mask }, 0.25, None).unwrap()
+        cfg_dropout(Conditioning::Text { tokens, mask }, 0.25, None).unwrap()
     else {
         panic!()
     };
@@ -267,7 +268,7 @@ fn cfg_dropout_nulls_the_condition_at_the_set_rate() {
     assert_eq!(m.narrow(1, 1, 4).sum(Kind::Float).double_value(&[]), 0.0);
     // Class labels become the null class at the same rate.
     let labels = Tensor::zeros([n], (Kind::Int64, Device::Cpu));
-    let Conditioning::Class(l) = batch::cfg_dropout(Conditioning::Class(labels), 0.25, Some(9)).unwrap() else {
+    let Conditioning::Class(l) = cfg_dropout(Conditioning::Class(labels), 0.25, Some(9)).unwrap() else {
         panic!()
     };
     let rate = l.eq(9).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);

@@ -337,7 +337,7 @@ fn a_training_step_on_clips() {
 /// past 1e3 and the loss stalled near 0.42: see `TemporalAttention`.)
 #[test]
 fn a_video_model_fits_a_moving_square() {
-    use mdm_trainer::train::{config::OptimConfig, optim::FlatOptimizer};
+    use mdm_trainer::{optim::FlatOptimizer, run_config::OptimConfig};
     let _serial = serial();
     tch::manual_seed(4);
     let (cfg, vs, model) = build(&unet_toml(true));
@@ -419,10 +419,10 @@ fn temporal_block_gradients_match_finite_differences() {
     assert!(worst < 1e-5, "{worst}");
 }
 
-/// `sample::clip_frames`: frame f is the grid of every level's frame f, clip c in column c.
+/// `pictures::clip_frames`: frame f is the grid of every level's frame f, clip c in column c.
 #[test]
 fn clip_frames_are_grids_of_each_frame() {
-    use mdm_trainer::sample::{clip_frames, gif_bytes};
+    use mdm_trainer::pictures::{clip_frames, gif_bytes};
     let (clips, frames) = (2i64, 3i64);
     // Rows are clip-major (clip c, frame f at row c·F + f); each row is one grey level.
     let value = |c: i64, f: i64| -1.0 + 0.25 * (c * frames + f) as f64;

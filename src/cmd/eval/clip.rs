@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use mdm_metrics::clip::{mean_score, scores_of_embeds, ClipModel};
 use mdm_trainer::tch::Tensor;
-use mdm_trainer::train::config::DeviceChoice;
-use mdm_trainer::train::pick_device;
+use mdm_trainer::run_config::DeviceChoice;
+use mdm_trainer::run_config::pick_device;
 use serde_json::json;
 
 use crate::cmd::sample_manifest::{read_manifest, Row};

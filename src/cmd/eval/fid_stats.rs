@@ -21,8 +21,8 @@ use mdm_metrics::inception::{Dims, FidInception};
 use mdm_metrics::resize::{Mode, INPUT_SIZE};
 use mdm_metrics::stats::{Accumulator, Stats};
 use mdm_trainer::tch::{Device, Tensor};
-use mdm_trainer::train::config::DeviceChoice;
-use mdm_trainer::train::pick_device_for;
+use mdm_trainer::run_config::DeviceChoice;
+use mdm_trainer::run_config::pick_device_for;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 

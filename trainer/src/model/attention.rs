@@ -157,8 +157,7 @@ impl TextSelfAttention {
     }
 }
 
-/// Head width of temporal attention (ml-mdm's `num_head_channels=32`).
-pub const TEMPORAL_HEAD_CHANNELS: i64 = 32;
+pub use crate::config::TEMPORAL_HEAD_CHANNELS;
 
 /// Multi-head attention of sequence-first tensors q/k/v (N,L,C), `heads` contiguous channel
 /// blocks, with rotary position encoding of the sequence index when `rotary` holds the

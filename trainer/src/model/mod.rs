@@ -5,6 +5,7 @@
 //! conditioning once and shares it with every outer level.
 
 pub mod attention;
+pub mod conditioning;
 pub mod embeddings;
 pub mod resnet;
 pub mod unet;
@@ -15,85 +16,8 @@ use tch::{nn, Kind, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+pub use conditioning::{cfg_dropout, cfg_dropout_with, null_condition, Conditioning};
 pub use unet::UNetLevel;
-
-/// The conditioning of one batch.
-#[derive(Debug)]
-pub enum Conditioning {
-    /// Text-encoder states (B,T,D) and their mask (B,T), 1 = token, 0 = padding.
-    Text { tokens: Tensor, mask: Tensor },
-    /// Class labels (B,) int64; [`MdmUNet::null_class`] is the unconditional class.
-    Class(Tensor),
-    /// No conditioning (models with `conditioning_feature_dim <= 0`).
-    None,
-}
-
-impl Conditioning {
-    /// The same conditioning for the first `n` samples.
-    pub fn narrow(&self, n: i64) -> Conditioning {
-        match self {
-            Conditioning::Text { tokens, mask } => Conditioning::Text {
-                tokens: tokens.narrow(0, 0, n),
-                mask: mask.narrow(0, 0, n),
-            },
-            Conditioning::Class(c) => Conditioning::Class(c.narrow(0, 0, n)),
-            Conditioning::None => Conditioning::None,
-        }
-    }
-
-    /// Batch-concatenation of two conditionings of the same kind (for guidance).
-    /// Text conditionings are padded to the longer token count.
-    pub fn cat(a: &Conditioning, b: &Conditioning) -> Result<Conditioning> {
-        match (a, b) {
-            (
-                Conditioning::Text {
-                    tokens: t1,
-                    mask: m1,
-                },
-                Conditioning::Text {
-                    tokens: t2,
-                    mask: m2,
-                },
-            ) => {
-                let n = t1.size()[1].max(t2.size()[1]);
-                let pad_t = |t: &Tensor| {
-                    let k = n - t.size()[1];
-                    if k == 0 {
-                        t.shallow_clone()
-                    } else {
-                        t.constant_pad_nd([0, 0, 0, k])
-                    }
-                };
-                let pad_m = |m: &Tensor| {
-                    let k = n - m.size()[1];
-                    if k == 0 {
-                        m.shallow_clone()
-                    } else {
-                        m.constant_pad_nd([0, k])
-                    }
-                };
-                Ok(Conditioning::Text {
-                    tokens: Tensor::cat(&[pad_t(t1), pad_t(t2)], 0),
-                    mask: Tensor::cat(&[pad_m(m1), pad_m(m2)], 0),
-                })
-            }
-            (Conditioning::Class(x), Conditioning::Class(y)) => {
-                Ok(Conditioning::Class(Tensor::cat(&[x, y], 0)))
-            }
-            (Conditioning::None, Conditioning::None) => Ok(Conditioning::None),
-            _ => Err(Error::input(
-                "cannot combine conditionings of different kinds",
-            )),
-        }
-    }
-}
-
-/// Classifier-free guidance training for class models: replaces each label by `null` with
-/// probability `p` (libtorch's RNG).
-pub fn drop_labels(labels: &Tensor, p: f64, null: i64) -> Tensor {
-    let keep = Tensor::rand(labels.size(), (Kind::Float, labels.device())).ge(p);
-    labels.where_self(&keep, &labels.full_like(null))
-}
 
 /// Micro-conditioning values by key (e.g. `scale`), each (B,). Missing keys use the level's
 /// default.

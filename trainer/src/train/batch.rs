@@ -1,5 +1,5 @@
 //! A loader [`Batch`] as tensors: images grouped by the level they train from, the condition
-//! in the same sample order, and classifier-free-guidance dropout.
+//! in the same sample order.
 
 use mdm_loader::{Batch, TextBatch};
 use mdm_shards::EmbeddingDType;
@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::Conditioning;
-use crate::train::config::CondKind;
+use crate::run_config::CondKind;
 
 /// One micro-batch on the device.
 #[derive(Debug)]
@@ -130,68 +130,4 @@ fn text_tensors(text: &TextBatch, b: usize) -> Result<(Tensor, Tensor)> {
         }
     }
     Ok((tokens, Tensor::from_slice(&mask).view([b as i64, t])))
-}
-
-/// The null condition for `n` samples like `like`: no text (one zero token), or the null
-/// class.
-pub fn null_condition(like: &Conditioning, n: i64, null_class: Option<i64>) -> Result<Conditioning> {
-    Ok(match like {
-        Conditioning::Text { tokens, .. } => {
-            let (d, dev) = (tokens.size()[2], tokens.device());
-            Conditioning::Text {
-                tokens: Tensor::zeros([n, 1, d], (tokens.kind(), dev)),
-                mask: Tensor::ones([n, 1], (Kind::Float, dev)),
-            }
-        }
-        Conditioning::Class(c) => {
-            let null = null_class.ok_or_else(|| Error::input("the model has no null class"))?;
-            Conditioning::Class(Tensor::full([n], null, (Kind::Int64, c.device())))
-        }
-        Conditioning::None => Conditioning::None,
-    })
-}
-
-/// Classifier-free-guidance dropout (libtorch's RNG): each sample's condition becomes the
-/// null condition with probability `p`. Text: its states are zeroed and only the first
-/// position stays unmasked, exactly what [`null_condition`] gives at sampling time.
-pub fn cfg_dropout(cond: Conditioning, p: f64, null_class: Option<i64>) -> Result<Conditioning> {
-    if p <= 0.0 {
-        return Ok(cond);
-    }
-    let b = match &cond {
-        Conditioning::Text { tokens, .. } => tokens.size()[0],
-        Conditioning::Class(c) => c.size()[0],
-        Conditioning::None => return Ok(cond),
-    };
-    let device = match &cond {
-        Conditioning::Text { tokens, .. } => tokens.device(),
-        Conditioning::Class(c) => c.device(),
-        Conditioning::None => Device::Cpu,
-    };
-    cfg_dropout_with(cond, &Tensor::rand([b], (Kind::Float, device)), p, null_class)
-}
-
-/// [`cfg_dropout`] with given uniform draws `u` (B,): sample i keeps its condition when
-/// `u[i] ≥ p` (draws made per sample do not depend on the batch they ride in).
-pub fn cfg_dropout_with(cond: Conditioning, u: &Tensor, p: f64, null_class: Option<i64>) -> Result<Conditioning> {
-    if p <= 0.0 {
-        return Ok(cond);
-    }
-    Ok(match cond {
-        Conditioning::Text { tokens, mask } => {
-            let keep = u.to_device(tokens.device()).ge(p);
-            let keep_f = keep.to_kind(tokens.kind());
-            let tokens = tokens * keep_f.view([-1, 1, 1]);
-            let null_mask = mask.zeros_like();
-            let _ = null_mask.narrow(1, 0, 1).fill_(1.0);
-            let mask = mask.where_self(&keep.view([-1, 1]), &null_mask);
-            Conditioning::Text { tokens, mask }
-        }
-        Conditioning::Class(c) => {
-            let null = null_class.ok_or_else(|| Error::input("class dropout needs a model with a null class"))?;
-            let keep = u.to_device(c.device()).ge(p);
-            Conditioning::Class(c.where_self(&keep, &c.full_like(null)))
-        }
-        Conditioning::None => Conditioning::None,
-    })
 }

@@ -1,9 +1,9 @@
 //! Training runs: `mdm train --config FILE [--resume]`.
 //!
-//! - [`config`]: the run's TOML, validated once and saved resolved;
-//! - [`batch`]: loader batches as tensors, classifier-free-guidance dropout;
-//! - [`optim`]: AdamW, clipping and EMA on one flat buffer (fp32 master for bf16 runs);
-//! - [`checkpoint`]: atomic checkpoint folders, keep-last-K, exact resume;
+//! - [`crate::run_config`]: the run's TOML, validated once and saved resolved;
+//! - [`batch`]: loader batches as tensors;
+//! - [`crate::optim`]: AdamW, clipping and EMA on one flat buffer (fp32 master for bf16 runs);
+//! - [`crate::checkpoint`]: atomic checkpoint folders, keep-last-K, exact resume;
 //! - [`log`]: progress line, `losses.jsonl`, TensorBoard.
 //!
 //! Every sample's time, noise and CFG dropout come from libtorch reseeded with (seed, step,
@@ -20,10 +20,7 @@
 //! ends with a barrier, so it exists only once every rank reached its step.
 
 pub mod batch;
-pub mod checkpoint;
-pub mod config;
 pub mod log;
-pub mod optim;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,10 +34,12 @@ use crate::diffusion::{NestedDiffusion, SampleOptions};
 use crate::dist::{Group, Launch};
 use crate::error::{Error, Result};
 use crate::model::{MdmUNet, Micros};
-use crate::sample::{grid, png_bytes, sample_levels};
-use config::{DeviceChoice, Precision, Resolved};
+use crate::pictures::{grid, png_bytes};
+use crate::sample::sample_levels;
+use crate::checkpoint;
+use crate::optim::FlatOptimizer;
+use crate::run_config::{self, pick_device_for, DeviceChoice, Precision, Resolved};
 use log::{Logger, StepLog};
-use optim::FlatOptimizer;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,31 +80,6 @@ pub fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
 /// The seed of one sample's draws: splitmix64 of (seed, step, micro, index in the global step).
 pub fn sample_seed(seed: u64, step: u64, micro: u64, index: u64) -> i64 {
     step_seed(step_seed(seed, step, micro) as u64, index, 0x5A17)
-}
-
-/// The device a config asks for; `local_rank` picks the CUDA device.
-pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
-    pick_device_for(choice, 0)
-}
-
-/// [`pick_device`] for the rank with `local_rank` on its host (`cuda:LOCAL_RANK`).
-pub fn pick_device_for(choice: DeviceChoice, local_rank: usize) -> Result<Device> {
-    let cuda = || {
-        let n = tch::Cuda::device_count() as usize;
-        if local_rank >= n {
-            return Err(Error::input(format!("local rank {local_rank} needs cuda:{local_rank}, but libtorch sees {n} CUDA devices")));
-        }
-        Ok(Device::Cuda(local_rank))
-    };
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda if !tch::Cuda::is_available() => {
-            Err(Error::input("run.device = \"cuda\" but libtorch sees no CUDA device"))
-        }
-        DeviceChoice::Cuda => cuda(),
-        DeviceChoice::Auto if tch::Cuda::is_available() => cuda(),
-        DeviceChoice::Auto => Ok(Device::Cpu),
-    }
 }
 
 /// One sample-keyed set of draws for a micro-batch (see [`draw_samples`]).
@@ -440,7 +414,7 @@ impl Trainer {
                 self.diffusion.schedule.steps,
                 self.device,
             )?;
-            let cond = batch::cfg_dropout_with(tb.cond, &draws.uniform, cfg.data.cfg_dropout, self.model.null_class())?;
+            let cond = crate::model::cfg_dropout_with(tb.cond, &draws.uniform, cfg.data.cfg_dropout, self.model.null_class())?;
             let (l, lv) = forward_backward_with(&self.model, &self.diffusion, &tb.groups, &cond, tb.frames, &draws, Some(shares))?;
             loss += l;
             for (acc, t) in per_level.iter_mut().zip(lv) {
@@ -590,14 +564,14 @@ impl Trainer {
             return Ok((t, tokens.size()[0]));
         }
         let cond = match self.run.cond {
-            config::CondKind::Class => {
+            run_config::CondKind::Class => {
                 let classes = self.model.null_class().unwrap_or(1);
                 Conditioning::Class(Tensor::arange(n, (Kind::Int64, self.device)).remainder(classes))
             }
-            config::CondKind::None => Conditioning::None,
-            config::CondKind::Text => {
+            run_config::CondKind::None => Conditioning::None,
+            run_config::CondKind::Text => {
                 let d = self.run.model.top.innermost().input_cond_dim;
-                batch::null_condition(
+                crate::model::null_condition(
                     &Conditioning::Text {
                         tokens: Tensor::zeros([1, 1, d], (Kind::Float, self.device)),
                         mask: Tensor::ones([1, 1], (Kind::Float, self.device)),
@@ -693,7 +667,7 @@ pub fn build_loader_for(run: &Resolved, state: Option<mdm_loader::LoaderState>, 
         .prefetch(d.prefetch)
         .random_flip(d.random_flip)
         .captions(false)
-        .text(run.cond == config::CondKind::Text)
+        .text(run.cond == run_config::CondKind::Text)
         .video_frames(run.frames.max(1) as usize)
         .resume(state);
     if let Some(w) = d.workers {
@@ -715,7 +689,7 @@ fn config_hash(toml: &str) -> u64 {
 /// (`saved_global`: the checkpoint's, 0 when unknown).
 fn check_same_run(dir: &std::path::Path, run: &Resolved, saved_global: u64, global: u64) -> Result<()> {
     let p = dir.join("config.toml");
-    let saved = config::TrainConfig::load(&p)?.config;
+    let saved = run_config::TrainConfig::load(&p)?.config;
     if saved_global > 0 && saved_global != global {
         return Err(Error::Input {
             path: Some(dir.join("state.json")),
@@ -725,7 +699,7 @@ fn check_same_run(dir: &std::path::Path, run: &Resolved, saved_global: u64, glob
         });
     }
     let batch_may_change = saved_global > 0;
-    let norm = |c: &config::TrainConfig| {
+    let norm = |c: &run_config::TrainConfig| {
         let mut c = c.clone();
         if batch_may_change {
             c.data.batch_size = 0;
@@ -749,9 +723,9 @@ fn check_same_run(dir: &std::path::Path, run: &Resolved, saved_global: u64, glob
 }
 
 /// Initialises the inner levels from a lower-resolution stage's checkpoint.
-fn grow(vs: &VarStore, model: &MdmUNet, p: &config::ProgressiveConfig, quiet: bool) -> Result<()> {
+fn grow(vs: &VarStore, model: &MdmUNet, p: &run_config::ProgressiveConfig, quiet: bool) -> Result<()> {
     let dir = checkpoint::resolve(&p.grow_from)?;
-    let lower = config::TrainConfig::load(&dir.join("config.toml"))?;
+    let lower = run_config::TrainConfig::load(&dir.join("config.toml"))?;
     let video_from_image = model.config().is_video() && !lower.model.is_video();
     let added = model
         .num_levels()
@@ -789,7 +763,7 @@ fn grow(vs: &VarStore, model: &MdmUNet, p: &config::ProgressiveConfig, quiet: bo
 
 /// `mdm train`: loads the config, trains, returns how the run ended.
 pub fn train_from_file(config: &std::path::Path, opts: &RunOptions) -> Result<Outcome> {
-    let run = config::TrainConfig::load(config)?;
+    let run = run_config::TrainConfig::load(config)?;
     let mut t = Trainer::new(run, opts)?;
     t.train(opts)
 }

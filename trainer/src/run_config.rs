@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tch::Device;
 
 use crate::config::{ConfigFile, ModelConfig};
 use crate::error::{Error, Result};
@@ -446,5 +447,30 @@ impl Resolved {
     /// Level whose side is `side` (outermost = 0).
     pub fn level_of(&self, side: u32) -> Option<usize> {
         self.sides.iter().position(|s| *s == side)
+    }
+}
+
+/// The device a config asks for (`cuda:0` for CUDA).
+pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
+    pick_device_for(choice, 0)
+}
+
+/// [`pick_device`] for the rank with `local_rank` on its host (`cuda:LOCAL_RANK`).
+pub fn pick_device_for(choice: DeviceChoice, local_rank: usize) -> Result<Device> {
+    let cuda = || {
+        let n = tch::Cuda::device_count() as usize;
+        if local_rank >= n {
+            return Err(Error::input(format!("local rank {local_rank} needs cuda:{local_rank}, but libtorch sees {n} CUDA devices")));
+        }
+        Ok(Device::Cuda(local_rank))
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if !tch::Cuda::is_available() => {
+            Err(Error::input("run.device = \"cuda\" but libtorch sees no CUDA device"))
+        }
+        DeviceChoice::Cuda => cuda(),
+        DeviceChoice::Auto if tch::Cuda::is_available() => cuda(),
+        DeviceChoice::Auto => Ok(Device::Cpu),
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Tensor};
 
 use crate::error::{Error, Result};
-use crate::train::optim::FlatOptimizer;
+use crate::optim::FlatOptimizer;
 use crate::weights::{read_safetensors, write_safetensors};
 
 const FORMAT: &str = "mdm-checkpoint";

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::train::config::OptimConfig;
+use crate::run_config::OptimConfig;
 
 /// One trainable variable's place in the flat buffers.
 #[derive(Debug, Clone)]

@@ -7,12 +7,18 @@
 //! Unknown keys are an error. [`ModelConfig::from_file`] parses and validates once, deriving
 //! one [`LevelSpec`] per nesting level; nothing is mutated afterwards.
 
+pub mod diffusion;
+
+pub use diffusion::DiffusionConfig;
+
 use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::diffusion::DiffusionConfig;
 use crate::error::{Error, Result};
+
+/// Head width of temporal attention (ml-mdm's `num_head_channels=32`).
+pub const TEMPORAL_HEAD_CHANNELS: i64 = 32;
 
 /// A list of integers written as a list (`[2, 2, 2]`), a single integer, or ml-mdm's
 /// comma string (`"2,2,2"`, `""` = empty).
@@ -545,7 +551,7 @@ fn derive_level(
         ));
     }
     for (i, &ch) in rc.iter().enumerate() {
-        if temporal_layers[i] > 0 && ch % crate::model::attention::TEMPORAL_HEAD_CHANNELS != 0 {
+        if temporal_layers[i] > 0 && ch % TEMPORAL_HEAD_CHANNELS != 0 {
             return Err(Error::config(
                 f("num_temporal_attention_layers"),
                 format!("temporal attention needs channels divisible by 32 (its head width), level {i} has {ch}"),
