@@ -1,7 +1,7 @@
 //! Training-step throughput of a model config on synthetic batches (`bench/train/run.sh`).
 //!
 //! Times full optimizer steps (forward, backward, clip 2.0, AdamW, EMA) of `mdm train`'s step
-//! (`forward_backward` + `FlatOptimizer`) and, as the same-process baseline, the same
+//! (`Denoiser::loss` through `forward_backward`, + `FlatOptimizer`) and, as the same-process baseline, the same
 //! forward/backward with libtorch's per-tensor AdamW (`tch::nn::AdamW`, what a plain tch
 //! trainer uses). Prints one JSON line per variant: median step time, img/s, peak memory, and
 //! the model FLOPs of a step ([`mdm_trainer::flops`]: 3 × the forward's conv, linear and
@@ -23,6 +23,7 @@ use mdm_trainer::diffusion::NestedDiffusion;
 use mdm_trainer::model::{Conditioning, MdmUNet};
 use mdm_trainer::tch::{self, nn, nn::OptimizerConfig, Device, Kind, Tensor};
 use mdm_trainer::run_config::{OptimConfig, Precision};
+use mdm_trainer::denoiser::{Denoiser, LossOptions, TrainBatch};
 use mdm_trainer::train::forward_backward;
 use mdm_trainer::optim::FlatOptimizer;
 
@@ -156,13 +157,16 @@ fn main() {
         let diffusion = NestedDiffusion::for_model(&model, &cfg.diffusion(), a.device).expect("diffusion");
         let ocfg = OptimConfig::default();
         let mut times = vec![];
-        let (groups, cond, frames) = (&groups, &cond, a.frames);
+        let batch = TrainBatch::new(groups.iter().map(|g| g.shallow_clone()).collect(), cond.shallow_clone(), a.frames)
+            .expect("batch");
+        let batch = &batch;
         let mut step_fn: Box<dyn FnMut() + '_> = if *variant == "mdm" {
             let working = (a.precision == Precision::Bf16).then_some(Kind::BFloat16);
             let mut opt = FlatOptimizer::new(&vs, &ocfg, working).expect("optimizer");
             Box::new(move || {
                 opt.zero_grad();
-                forward_backward(&model, &diffusion, groups, cond, frames).expect("step");
+                let d = Denoiser::new(&model, &diffusion);
+                forward_backward(&d, batch, &d.draw(batch).expect("draws"), &LossOptions::default()).expect("step");
                 opt.step(1.0).expect("finite");
             })
         } else {
@@ -174,7 +178,8 @@ fn main() {
                 .expect("adamw");
             Box::new(move || {
                 opt.zero_grad();
-                forward_backward(&model, &diffusion, groups, cond, frames).expect("step");
+                let d = Denoiser::new(&model, &diffusion);
+                forward_backward(&d, batch, &d.draw(batch).expect("draws"), &LossOptions::default()).expect("step");
                 opt.clip_grad_norm(ocfg.clip_grad_norm);
                 opt.step();
             })

@@ -92,16 +92,7 @@ impl<'a> Denoiser<'a> {
 
     /// A batch of images at the outermost level only: every sample trains every level.
     pub fn batch_of(&self, images: Tensor, cond: Conditioning) -> Result<TrainBatch> {
-        let s = images.size();
-        if s.len() != 4 {
-            return Err(Error::input(format!("images must be (B, 3, S, S), got {s:?}")));
-        }
-        let scales = &self.diffusion.scales;
-        let mut groups = vec![images.shallow_clone()];
-        for &sc in &scales[1..] {
-            let side = s[2] * sc / scales[0];
-            groups.push(Tensor::zeros([0, s[1], side, side], (images.kind(), images.device())));
-        }
+        let groups = self.diffusion.outer_groups(&images)?;
         TrainBatch::new(groups, cond, 1)
     }
 

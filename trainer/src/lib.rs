@@ -6,6 +6,7 @@
 //! - [`model`]: the (Nested)UNet, [`model::MdmUNet`]; attention runs on libtorch's SDPA;
 //! - [`diffusion`]: schedule, multi-resolution training loss and samplers, apart from the
 //!   network;
+//! - [`denoiser`]: the model with its diffusion, owning the training loss ([`denoiser::Denoiser::loss`]);
 //! - [`growth`]: initialising a NestedUNet from a lower-resolution checkpoint;
 //! - [`weights`]: safetensors checkpoints under ml-mdm's key names;
 //! - [`run_config`]: a training run's TOML (model file, run, data, optim, progressive, sample),
@@ -18,7 +19,7 @@
 //! - [`cuda`]: loading libtorch's CUDA backend (call before the first CUDA query).
 //!
 //! ```no_run
-//! use mdm_trainer::{config::ModelConfig, diffusion::NestedDiffusion, model::{Conditioning, MdmUNet, Micros}};
+//! use mdm_trainer::{config::ModelConfig, denoiser::{Denoiser, LossOptions}, diffusion::NestedDiffusion, model::{Conditioning, MdmUNet}};
 //! use tch::{nn::VarStore, Device, Kind, Tensor};
 //!
 //! # fn main() -> Result<(), mdm_trainer::Error> {
@@ -26,12 +27,15 @@
 //! let vs = VarStore::new(Device::Cpu);
 //! let model = MdmUNet::new(&vs.root(), &cfg)?;
 //! let diffusion = NestedDiffusion::for_model(&model, &cfg.diffusion(), Device::Cpu)?;
+//! let denoiser = Denoiser::new(&model, &diffusion);
 //! let images = Tensor::rand([2, 3, 256, 256], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
 //! let cond = Conditioning::Text {
 //!     tokens: Tensor::randn([2, 8, 2048], (Kind::Float, Device::Cpu)),
 //!     mask: Tensor::ones([2, 8], (Kind::Float, Device::Cpu)),
 //! };
-//! let loss = diffusion.training_loss(&model, &images, &cond, &Micros::new())?;
+//! let batch = denoiser.batch_of(images, cond)?;
+//! let draws = denoiser.draw(&batch)?;
+//! let loss = denoiser.loss(&batch, &draws, &LossOptions { cfg_dropout: 0.1, shares: None })?;
 //! loss.total.mean(Kind::Float).backward();
 //! # Ok(()) }
 //! ```
@@ -45,6 +49,7 @@
 pub mod config;
 pub mod checkpoint;
 pub mod cuda;
+pub mod denoiser;
 pub mod diffusion;
 pub mod dist;
 pub mod error;

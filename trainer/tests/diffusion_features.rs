@@ -1,5 +1,5 @@
 //! Diffusion features beyond the tables: mixed-resolution batches, level weights, the
-//! sampling loop with DDPM/DDIM, guidance and thresholding.
+//! sampling loop with DDPM/DDIM, guidance and thresholding, the denoiser's loss.
 
 mod common;
 
@@ -8,7 +8,8 @@ use mdm_trainer::{
     diffusion::{
         sampler::threshold, DiffusionConfig, NestedDiffusion, SampleOptions, ThresholdType,
     },
-    model::{Conditioning, MdmUNet, Micros},
+    denoiser::{Denoiser, Draws, LossOptions},
+    model::{null_condition, Conditioning, MdmUNet, Micros},
 };
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -267,4 +268,45 @@ fn timesteps_and_config_validation() {
     let mut bad = cfg;
     bad.use_vdm_loss_weights = true;
     assert!(NestedDiffusion::new(&bad, &[4, 1], Device::Cpu).is_err());
+}
+
+/// `Denoiser::loss` on a batch drawn at the outermost level is ml-mdm's full-batch loss
+/// (`inputs` → `forward` → `loss`, mixed ratio included) with the same draws; with every
+/// dropout uniform below `cfg_dropout` it is the loss on the null condition sampling uses.
+#[test]
+fn the_denoiser_loss_is_the_full_batch_loss_and_drops_to_the_null_condition() {
+    let (_vs, model, d) = setup();
+    let den = Denoiser::new(&model, &d);
+    let images = Tensor::rand([4, 3, 16, 16], cpu()) * 2.0 - 1.0;
+    let cond = text(4);
+    let batch = den.batch_of(images.shallow_clone(), cond.shallow_clone()).expect("batch");
+    assert_eq!(batch.group_sizes(), vec![4, 0]);
+    let draws = den.draw(&batch).expect("draws");
+    let by_hand = |cond: &Conditioning| {
+        let noise = draws.noise.iter().map(|n| n.shallow_clone()).collect();
+        let inputs = d.inputs(&images, noise, &draws.time).expect("inputs");
+        let preds = model.forward(&d.model_inputs(&inputs), &inputs.time, cond, &Micros::new(), true).expect("forward");
+        d.loss(&inputs, &preds).expect("loss").total
+    };
+    let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    let got = den.loss(&batch, &draws, &LossOptions::default()).expect("loss").total;
+    assert_eq!(got.size(), [4]);
+    assert!(diff(&got, &by_hand(&cond)) <= 1e-6, "{}", diff(&got, &by_hand(&cond)));
+
+    let all_dropped = Draws {
+        time: draws.time.shallow_clone(),
+        uniform: Tensor::zeros([4], cpu()),
+        noise: draws.noise.iter().map(|n| n.shallow_clone()).collect(),
+    };
+    let opts = LossOptions { cfg_dropout: 0.5, shares: None };
+    let dropped = den.loss(&batch, &all_dropped, &opts).expect("loss").total;
+    let null = null_condition(&cond, 4, model.null_class()).expect("null condition");
+    assert!(diff(&dropped, &by_hand(&null)) <= 1e-5, "{}", diff(&dropped, &by_hand(&null)));
+    assert!(diff(&dropped, &got) > 1e-4, "dropping the text must change the loss");
+    // Uniforms above p keep every condition.
+    let kept = Draws { uniform: Tensor::ones([4], cpu()), ..all_dropped };
+    assert!(diff(&den.loss(&batch, &kept, &opts).expect("loss").total, &got) <= 1e-6);
+    // Draws for another batch size are refused.
+    let short = Draws { time: draws.time.narrow(0, 0, 3), uniform: draws.uniform.shallow_clone(), noise: vec![] };
+    assert!(den.loss(&batch, &short, &opts).is_err());
 }

@@ -429,6 +429,7 @@ fn imagenet_64_grows_into_imagenet_256() {
 #[test]
 fn a_batch_without_outer_samples_trains_the_inner_level_only() {
     use mdm_trainer::config::ModelConfig;
+    use mdm_trainer::denoiser::{Denoiser, LossOptions, TrainBatch};
     use mdm_trainer::diffusion::NestedDiffusion;
     use mdm_trainer::model::MdmUNet;
     let _serial = serial();
@@ -443,7 +444,9 @@ fn a_batch_without_outer_samples_trains_the_inner_level_only() {
         Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
     ];
     let cond = Conditioning::Class(Tensor::from_slice(&[0i64, 1, 2]));
-    let (loss, levels) = train::forward_backward(&model, &diffusion, &groups, &cond, 1).unwrap();
+    let d = Denoiser::new(&model, &diffusion);
+    let tb = TrainBatch::new(groups, cond, 1).unwrap();
+    let (loss, levels) = train::forward_backward(&d, &tb, &d.draw(&tb).unwrap(), &LossOptions::default()).unwrap();
     assert!(loss.is_finite() && loss > 0.0, "{loss}");
     assert_eq!(levels[0], 0.0);
     assert!(levels[1] > 0.0);

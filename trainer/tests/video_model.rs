@@ -5,6 +5,7 @@ mod common;
 
 use mdm_trainer::{
     config::ModelConfig,
+    denoiser::{Denoiser, LossOptions, TrainBatch},
     diffusion::NestedDiffusion,
     growth::inflate_from,
     model::{attention::TemporalAttention, Conditioning, MdmUNet, Micros},
@@ -321,14 +322,19 @@ fn a_training_step_on_clips() {
         Tensor::rand([2 * frames, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2 - 1,
         Tensor::rand([frames, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2 - 1,
     ];
-    let (loss, levels) = train::forward_backward(&model, &diffusion, &groups, &text(3), frames).expect("step");
+    let d = Denoiser::new(&model, &diffusion);
+    let step = |groups: &[Tensor]| {
+        let b = TrainBatch::new(groups.iter().map(|g| g.shallow_clone()).collect(), text(3), frames)?;
+        train::forward_backward(&d, &b, &d.draw(&b)?, &LossOptions::default())
+    };
+    let (loss, levels) = step(&groups).expect("step");
     assert!(loss.is_finite() && loss > 0.0 && levels.len() == 2, "{loss} {levels:?}");
     let vars = vs.variables();
     let g = vars["inner_unet.up_blocks.0.t_attn.0.up_conv.weight"].grad();
     assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
     // Rows that are not whole clips are refused.
     let bad = vec![groups[0].narrow(0, 0, 7), groups[1].shallow_clone()];
-    assert!(train::forward_backward(&model, &diffusion, &bad, &text(3), frames).is_err());
+    assert!(step(&bad).is_err());
 }
 
 /// The whole loop on one clip (a square moving 2 px per frame): the loss at fixed times and
@@ -371,7 +377,9 @@ fn a_video_model_fits_a_moving_square() {
     for step in 0..400 {
         tch::manual_seed(step);
         opt.zero_grad();
-        train::forward_backward(&model, &diffusion, &groups, &cond, frames).expect("step");
+        let b = TrainBatch::new(groups.iter().map(|g| g.shallow_clone()).collect(), cond.shallow_clone(), frames).expect("batch");
+        let d = Denoiser::new(&model, &diffusion);
+        train::forward_backward(&d, &b, &d.draw(&b).expect("draws"), &LossOptions::default()).expect("step");
         opt.step(1.0).expect("finite");
     }
     let after = eval(&model);

@@ -4,13 +4,14 @@
 //! level has its own noise and its own (shifted) γ; the network predicts v; the loss is the
 //! MSE in ε space, per sample, summed over levels with optional weights; with `mixed_ratio`
 //! the outer levels see only the first share of the batch and their loss is renormalised.
+//! [`crate::denoiser::Denoiser::loss`] runs these with the network.
 
 use tch::{Device, Kind, Tensor};
 
 use super::schedule::Schedule;
 use super::{DiffusionConfig, PredictionType};
 use crate::error::{Error, Result};
-use crate::model::{Conditioning, MdmUNet, Micros};
+use crate::model::MdmUNet;
 
 /// The diffusion process of a (nested) model with the given level scales.
 #[derive(Debug)]
@@ -152,36 +153,25 @@ impl NestedDiffusion {
         out
     }
 
-    /// Noisy inputs and targets for given images (level 0), per-level noise and times.
+    /// Noisy inputs and targets for given images (level 0), per-level noise and times: the
+    /// grouped inputs of a batch drawn wholly at the outermost level.
     pub fn inputs(&self, images: &Tensor, eps: Vec<Tensor>, time: &Tensor) -> Result<TrainInputs> {
-        let images = self.pyramid(images);
-        if eps.len() != images.len() || eps.iter().zip(&images).any(|(e, x)| e.size() != x.size()) {
-            return Err(Error::input(
-                "eps must have one tensor per level with the image's shape",
-            ));
+        self.inputs_grouped_with(&self.outer_groups(images)?, time, Some(eps))
+    }
+
+    /// Level groups for images (B, C, S, S) all drawn at the outermost level: the images,
+    /// then an empty group per inner level.
+    pub fn outer_groups(&self, images: &Tensor) -> Result<Vec<Tensor>> {
+        let s = images.size();
+        if s.len() != 4 {
+            return Err(Error::input(format!("images must be (B, C, S, S), got {s:?}")));
         }
-        let (mut gamma, mut gamma_last, mut x_t, mut targets) = (vec![], vec![], vec![], vec![]);
-        let tgt = self.cfg.loss_target();
-        for (i, (x, e)) in images.iter().zip(&eps).enumerate() {
-            let g = self.schedule.gamma(i, &(time + 1));
-            let gl = self.schedule.gamma(i, time);
-            let xs = x / self.signal_scale[i];
-            let gb = b4(&g);
-            x_t.push(gb.sqrt() * &xs + (gb.ones_like() - &gb).sqrt() * e);
-            targets.push(target(&xs, e, &g, tgt));
-            gamma.push(g);
-            gamma_last.push(gl);
+        let mut groups = vec![images.shallow_clone()];
+        for &sc in &self.scales[1..] {
+            let side = s[2] * sc / self.scales[0];
+            groups.push(Tensor::zeros([0, s[1], side, side], (images.kind(), images.device())));
         }
-        Ok(TrainInputs {
-            time: time.shallow_clone(),
-            gamma,
-            gamma_last,
-            images,
-            eps,
-            x_t,
-            targets,
-            shares: None,
-        })
+        Ok(groups)
     }
 
     /// Draws t and the noise (libtorch's RNG), then [`NestedDiffusion::inputs`].
@@ -355,20 +345,5 @@ impl NestedDiffusion {
             total,
             pred_for_training: pft,
         })
-    }
-
-    /// One training loss: draws t and noise, runs the model, returns the loss terms.
-    /// Call `.total.mean(Kind::Float).backward()` on the result.
-    pub fn training_loss(
-        &self,
-        model: &MdmUNet,
-        images: &Tensor,
-        cond: &Conditioning,
-        micros: &Micros,
-    ) -> Result<LossTerms> {
-        let inputs = self.sample_inputs(images)?;
-        let x = self.model_inputs(&inputs);
-        let preds = model.forward(&x, &inputs.time, cond, micros, true)?;
-        self.loss(&inputs, &preds)
     }
 }

@@ -18,6 +18,15 @@ pub enum Conditioning {
 }
 
 impl Conditioning {
+    /// The same tensors, shared (libtorch's `shallow_clone`).
+    pub fn shallow_clone(&self) -> Conditioning {
+        match self {
+            Conditioning::Text { tokens, mask } => Conditioning::Text { tokens: tokens.shallow_clone(), mask: mask.shallow_clone() },
+            Conditioning::Class(c) => Conditioning::Class(c.shallow_clone()),
+            Conditioning::None => Conditioning::None,
+        }
+    }
+
     /// The same conditioning for the first `n` samples.
     pub fn narrow(&self, n: i64) -> Conditioning {
         match self {

@@ -6,36 +6,9 @@ use mdm_shards::EmbeddingDType;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::denoiser::TrainBatch;
 use crate::model::Conditioning;
 use crate::run_config::CondKind;
-
-/// One micro-batch on the device.
-#[derive(Debug)]
-pub struct TrainBatch {
-    /// Per level, outermost first: the samples drawn at that level's side, as floats in
-    /// [−1, 1], (n_i, 3, S_i, S_i). A sample trains its level and every level inside it.
-    pub groups: Vec<Tensor>,
-    /// The condition of every sample, in group order (outermost group first).
-    pub cond: Conditioning,
-    /// Sample ids in group order.
-    pub ids: Vec<String>,
-    /// Each sample's index in the loader's global step (all ranks), in group order: what its
-    /// random draws are keyed by.
-    pub index: Vec<u64>,
-    /// Frames per sample: a video clip's frames are consecutive rows of its group (1 for
-    /// images); `cond` has one row per sample.
-    pub frames: i64,
-}
-
-impl TrainBatch {
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
 
 /// Converts `batch`; `sides` are the model's level sides, outermost first; `frames` the
 /// clip length a video model expects (1: an image model).

@@ -33,10 +33,11 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 use crate::diffusion::{NestedDiffusion, SampleOptions};
 use crate::dist::{Group, Launch};
 use crate::error::{Error, Result};
-use crate::model::{MdmUNet, Micros};
+use crate::model::MdmUNet;
 use crate::pictures::{grid, png_bytes};
 use crate::sample::sample_levels;
 use crate::checkpoint;
+use crate::denoiser::{Denoiser, Draws, LossOptions, TrainBatch};
 use crate::optim::FlatOptimizer;
 use crate::run_config::{self, pick_device_for, DeviceChoice, Precision, Resolved};
 use log::{Logger, StepLog};
@@ -80,17 +81,6 @@ pub fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
 /// The seed of one sample's draws: splitmix64 of (seed, step, micro, index in the global step).
 pub fn sample_seed(seed: u64, step: u64, micro: u64, index: u64) -> i64 {
     step_seed(step_seed(seed, step, micro) as u64, index, 0x5A17)
-}
-
-/// One sample-keyed set of draws for a micro-batch (see [`draw_samples`]).
-#[derive(Debug)]
-pub struct Draws {
-    /// (clips,) int64 diffusion times.
-    pub time: Tensor,
-    /// (clips,) uniform draws for CFG dropout.
-    pub uniform: Tensor,
-    /// Per level, the noise of that level's rows (its samples in group order).
-    pub noise: Vec<Tensor>,
 }
 
 /// Draws t, the dropout uniform and every level's noise of each sample from libtorch
@@ -414,8 +404,8 @@ impl Trainer {
                 self.diffusion.schedule.steps,
                 self.device,
             )?;
-            let cond = crate::model::cfg_dropout_with(tb.cond, &draws.uniform, cfg.data.cfg_dropout, self.model.null_class())?;
-            let (l, lv) = forward_backward_with(&self.model, &self.diffusion, &tb.groups, &cond, tb.frames, &draws, Some(shares))?;
+            let opts = LossOptions { cfg_dropout: cfg.data.cfg_dropout, shares: Some(shares) };
+            let (l, lv) = forward_backward(&Denoiser::new(&self.model, &self.diffusion), &tb, &draws, &opts)?;
             loss += l;
             for (acc, t) in per_level.iter_mut().zip(lv) {
                 *acc += t;
@@ -585,60 +575,12 @@ impl Trainer {
     }
 }
 
-/// One micro-batch: draws times and noise (libtorch's RNG), runs the model (which computes
-/// in its own kind: bf16 for bf16 runs), backpropagates the batch-mean loss. Returns the loss
-/// and its per-level parts. For video (`frames` > 1) the groups hold clips' frames: one t
-/// per clip, its own noise per frame, the loss averaged over frames.
-pub fn forward_backward(
-    model: &MdmUNet,
-    diffusion: &NestedDiffusion,
-    groups: &[Tensor],
-    cond: &crate::model::Conditioning,
-    frames: i64,
-) -> Result<(f64, Vec<f64>)> {
-    let rows = groups.iter().map(|g| g.size()[0]).sum::<i64>();
-    let device = groups[0].device();
-    let clip_time = Tensor::randint(diffusion.schedule.steps, [rows / frames], (Kind::Int64, device));
-    let inputs = diffusion.inputs_grouped(groups, &per_frame(&clip_time, frames))?;
-    backward(model, diffusion, inputs, &clip_time, cond, frames)
-}
-
-/// [`forward_backward`] with per-sample [`Draws`] and, for data-parallel runs, each level's
-/// share of the global batch ([`level_shares`]).
-pub fn forward_backward_with(
-    model: &MdmUNet,
-    diffusion: &NestedDiffusion,
-    groups: &[Tensor],
-    cond: &crate::model::Conditioning,
-    frames: i64,
-    draws: &Draws,
-    shares: Option<Vec<f64>>,
-) -> Result<(f64, Vec<f64>)> {
-    let time = per_frame(&draws.time, frames);
-    let mut inputs = diffusion.inputs_grouped_with(groups, &time, Some(draws.noise.iter().map(|n| n.shallow_clone()).collect()))?;
-    inputs.shares = shares;
-    backward(model, diffusion, inputs, &draws.time, cond, frames)
-}
-
-/// A clip's time repeated for each of its frames.
-fn per_frame(clip_time: &Tensor, frames: i64) -> Tensor {
-    if frames > 1 {
-        clip_time.repeat_interleave_self_int(frames, Some(0), None)
-    } else {
-        clip_time.shallow_clone()
-    }
-}
-
-fn backward(
-    model: &MdmUNet,
-    diffusion: &NestedDiffusion,
-    inputs: crate::diffusion::TrainInputs,
-    clip_time: &Tensor,
-    cond: &crate::model::Conditioning,
-    frames: i64,
-) -> Result<(f64, Vec<f64>)> {
-    let preds = model.forward_frames(&diffusion.model_inputs(&inputs), clip_time, cond, &Micros::new(), true, frames)?;
-    let terms = diffusion.loss(&inputs, &preds)?;
+/// One micro-batch's [`Denoiser::loss`] (the model computes in its own kind: bf16 for bf16
+/// runs), backpropagated as the batch mean. Returns the loss and its per-level parts. For video
+/// (`frames` > 1) the groups hold clips' frames: one t per clip, its own noise per frame, the
+/// loss averaged over frames.
+pub fn forward_backward(denoiser: &Denoiser, batch: &TrainBatch, draws: &Draws, opts: &LossOptions) -> Result<(f64, Vec<f64>)> {
+    let terms = denoiser.loss(batch, draws, opts)?;
     let l = terms.total.mean(Kind::Float);
     l.backward();
     // One device-to-host read for the total and every level (one sync, not one per value).
