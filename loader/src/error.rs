@@ -34,7 +34,7 @@ pub enum Error {
     /// A setting, or a combination of settings and shard sets, that cannot work.
     #[error("loader settings: {0}")]
     Config(String),
-    /// Shard sets that cannot be mixed (layout, kind or text encoder differ).
+    /// Shard sets that cannot be mixed (their kind or text encoder differ).
     #[error("cannot mix {a} and {b}: {what}")]
     Mix { a: String, b: String, what: String },
     /// A saved state that does not belong to this loader's configuration.

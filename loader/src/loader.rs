@@ -79,7 +79,7 @@ impl Default for LoaderBuilder {
             text: true,
             flip: false,
             min_crop: 1.0,
-            video_frames: 8,
+            video_frames: 16,
             cache_bytes: 1 << 30,
             resume: None,
             order_log: None,
@@ -194,7 +194,7 @@ impl LoaderBuilder {
         self
     }
 
-    /// Frames per video clip (the first ones; shorter clips repeat their last). Default 8.
+    /// Frames per video clip (the first ones; shorter clips repeat their last). Default 16, as `mdm ingest webvid` stores and `mdm train` expects.
     pub fn video_frames(&mut self, n: usize) -> &mut Self {
         self.video_frames = n;
         self

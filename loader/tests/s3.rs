@@ -14,10 +14,19 @@ use std::time::{Duration, Instant};
 
 use mdm_loader::{Batch, Error, LoaderBuilder, StoreOptions};
 
-fn moto_server() -> PathBuf {
+/// The moto server of `.venv`; without it the tests skip loudly, or fail where CI sets
+/// `MDM_REQUIRE_FIXTURES=1`.
+fn moto_server() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
-    assert!(p.exists(), "{} missing: run `bash scripts/setup.sh` (or `make test`) first; it installs moto[server]", p.display());
-    p
+    if p.exists() {
+        return Some(p);
+    }
+    let msg = format!("{} missing: run `bash scripts/setup.sh` (or `make test`) first; it installs moto[server]", p.display());
+    if std::env::var_os("MDM_REQUIRE_FIXTURES").is_some_and(|v| v != "0") {
+        panic!("MDM_REQUIRE_FIXTURES is set: {msg}");
+    }
+    eprintln!("\n*** SKIPPED: {msg} ***\n");
+    None
 }
 
 fn free_port() -> u16 {
@@ -31,9 +40,10 @@ struct Moto {
 }
 
 impl Moto {
-    fn start() -> Moto {
+    fn start() -> Option<Moto> {
+        let server = moto_server()?;
         let port = free_port();
-        let child = Command::new(moto_server())
+        let child = Command::new(server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -45,7 +55,7 @@ impl Moto {
             assert!(t.elapsed() < Duration::from_secs(30), "moto_server did not listen on {port} within 30 s");
             std::thread::sleep(Duration::from_millis(100));
         }
-        moto
+        Some(moto)
     }
 
     /// One unsigned request (moto does not check signatures); returns the status code.
@@ -140,7 +150,7 @@ fn s3_shards_read_back_the_same_batches_as_local_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");
     write_set_with(&local, mdm_shards::RecordKind::TextImage, &[64, 32], 0, 90, 30, Some(encoder(4)));
-    let moto = Moto::start();
+    let Some(moto) = Moto::start() else { return };
     moto.upload("data", &local, "sets/a");
 
     let ratio = vec![(32, 1.0), (16, 1.0)];
@@ -164,7 +174,7 @@ fn s3_reads_retry_through_503s_and_fail_loudly_without_retries() {
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");
     write_set(&local, 40);
-    let moto = Moto::start();
+    let Some(moto) = Moto::start() else { return };
     moto.upload("data", &local, "b");
     let want = batches(builder(&local).batch_size(8), 4);
 

@@ -102,7 +102,7 @@ class Loader:
         text: bool = True,
         random_flip: bool = False,
         random_crop: float = 1.0,
-        video_frames: int = 8,
+        video_frames: int = 16,
         row_group_cache_bytes: int | None = None,
         order_log: str | PathLike[str] | None = None,
     ) -> None: ...

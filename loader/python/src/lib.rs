@@ -397,7 +397,7 @@ impl Loader {
     #[pyo3(signature = (
         sources, *, batch_size=32, mixed_ratio=None, buckets=None, seed=0, rank=None, world_size=None,
         workers=None, prefetch=4, shuffle=None, epoch_end="drop", corrupt="skip", verify_checksums=true,
-        captions=true, text=true, random_flip=false, random_crop=1.0, video_frames=8,
+        captions=true, text=true, random_flip=false, random_crop=1.0, video_frames=16,
         row_group_cache_bytes=None, order_log=None,
     ))]
     #[allow(clippy::too_many_arguments)]
