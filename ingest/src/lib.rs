@@ -3,13 +3,15 @@
 //!
 //! - [`t5`]: FLAN-T5 text encoder (HF checkpoints, tokenizer, ragged caption embeddings).
 //! - Images: [`image`] decode/resize/encode, [`sources`] (ImageNet, CC12M tars and tables),
-//!   [`pipeline`] (bounded, ordered, resumable build), [`settings`], [`rejects`], [`error`];
+//!   [`pipeline`] (bounded, ordered, resumable build; [`chunks`]: its chunk log, shared with
+//!   `mdm embed`), [`settings`], [`rejects`], [`error`];
 //! - Videos: [`video`] demux/decode/sample/encode through FFmpeg, the WebVid source in
 //!   [`sources`], the same pipeline;
 //! - [`encode`]: RGB frames → MP4 (H.264, else MPEG-4 part 2), for sampled clips;
 //! - [`text`]: caption embeddings at ingest (`--t5`) and for existing shard sets (`mdm embed`).
 
 pub mod t5;
+pub mod chunks;
 pub mod encode;
 pub mod error;
 pub mod image;

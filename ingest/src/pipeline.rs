@@ -19,17 +19,17 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mdm_shards::{
-    Body, BuildStats, ClassInfo, ImageBody, Layout, Manifest, Record, RecordKind, ShardEntry, ShardWriter, VideoBody, WriterOptions,
+    Body, BuildStats, ClassInfo, ImageBody, Layout, Manifest, Record, RecordKind, ShardWriter, VideoBody,
 };
-use serde::{Deserialize, Serialize};
 
 use mdm_shards::durable::write_atomic;
 
+use crate::chunks::{ChunkLog, Naming};
 use crate::error::{io, Error};
 use crate::image::Processor;
 use crate::rejects::{Reject, RejectReason, RejectRecord};
@@ -136,8 +136,10 @@ impl Build {
             .map_or_else(|| "rejects.jsonl".to_string(), |p| format!("rejects.part-{}-of-{}.jsonl", p.index, p.count))
     }
 
-    fn sidecar(&self, k: u64) -> PathBuf {
-        self.out.join(format!("{}-{k:05}.chunk.json", self.prefix()))
+    /// The chunk log of this build's output: `PREFIX-{k:05}.parquet` sealed by
+    /// `PREFIX-{k:05}.chunk.json`, under the manifest settings.
+    fn chunk_log(&self) -> ChunkLog {
+        ChunkLog::new(&self.out, Naming::Numbered { prefix: self.prefix() }, self.manifest_settings.clone())
     }
 }
 
@@ -171,17 +173,6 @@ impl std::fmt::Display for Summary {
         }
         Ok(())
     }
-}
-
-/// Sidecar of one finished chunk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChunkDone {
-    chunk: u64,
-    settings: serde_json::Value,
-    stats: BuildStats,
-    shards: Vec<ShardEntry>,
-    rejects: Vec<RejectRecord>,
 }
 
 enum Outcome {
@@ -281,21 +272,7 @@ where
     let threads = build.threads.max(1);
 
     // Chunks finished by an earlier run form a prefix 0..done.
-    let mut done = 0u64;
-    loop {
-        let path = build.sidecar(done);
-        if !path.exists() {
-            break;
-        }
-        let c = read_sidecar(&path)?;
-        if c.settings != build.manifest_settings {
-            return Err(Error::Resume {
-                path,
-                msg: "it was written with other settings; use a fresh --out or the same settings".into(),
-            });
-        }
-        done += 1;
-    }
+    let done = build.chunk_log().done_prefix()?;
     let first_seq = done * n;
 
     let bar = if build.progress { ProgressBar::with_draw_target(build.total, ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
@@ -497,16 +474,7 @@ fn encoder_of(text: &Option<TextStage>) -> Option<mdm_shards::TextEncoderInfo> {
 }
 
 fn open_chunk(build: &Build, layout: &Layout, encoder: Option<mdm_shards::TextEncoderInfo>, k: u64) -> Result<OpenChunk, Error> {
-    let first_index = u32::try_from(k).map_err(|_| Error::Settings(format!("chunk index {k} too large")))?;
-    let opts = WriterOptions {
-        prefix: build.prefix(),
-        first_index,
-        max_shard_bytes: u64::MAX,
-        max_shard_rows: None,
-        text_encoder: encoder,
-        ..WriterOptions::default()
-    };
-    let writer = ShardWriter::try_new(&build.out, layout.clone(), opts)?;
+    let writer = build.chunk_log().writer(k, layout, encoder)?;
     Ok(OpenChunk { k, writer: Some(writer), stats: BuildStats::default(), rejects: Vec::new(), pending: Vec::new() })
 }
 
@@ -516,15 +484,7 @@ fn close_chunk(build: &Build, mut c: OpenChunk, text: &mut Option<TextStage>) ->
         Some(w) => w.close()?,
         None => Vec::new(),
     };
-    let done = ChunkDone { chunk: c.k, settings: build.manifest_settings.clone(), stats: c.stats, shards, rejects: c.rejects };
-    let path = build.sidecar(c.k);
-    let json = serde_json::to_vec(&done).map_err(|e| Error::Source { path: path.clone(), msg: e.to_string() })?;
-    Ok(write_atomic(&path, &json)?)
-}
-
-fn read_sidecar(path: &Path) -> Result<ChunkDone, Error> {
-    let text = fs::read(path).map_err(io(path))?;
-    serde_json::from_slice(&text).map_err(|e| Error::Resume { path: path.to_path_buf(), msg: e.to_string() })
+    build.chunk_log().seal(c.k, c.stats, shards, c.rejects)
 }
 
 /// Manifest and rejects list from all sidecars of this part.
@@ -535,25 +495,14 @@ fn finish(build: &Build, encoder: Option<mdm_shards::TextEncoderInfo>, total: u6
     let mut manifest = Manifest::new(&layout, encoder);
     manifest.classes = build.classes.clone();
     manifest.settings = Some(build.manifest_settings.clone());
+    let sealed = build.chunk_log().collect(chunks)?;
+    manifest.shards = sealed.shards;
+    manifest.stats = sealed.stats;
     let mut rejects = Vec::new();
-    for k in 0..chunks {
-        let path = build.sidecar(k);
-        let c = read_sidecar(&path)?;
-        if c.chunk != k {
-            return Err(Error::Resume { path, msg: format!("sidecar says chunk {}", c.chunk) });
-        }
-        for s in &c.shards {
-            if !build.out.join(&s.file).exists() {
-                return Err(Error::Resume { path: build.out.join(&s.file), msg: "shard listed in its sidecar is missing".into() });
-            }
-        }
-        manifest.shards.extend(c.shards);
-        manifest.stats.add(&c.stats);
-        for r in &c.rejects {
-            let line = serde_json::to_string(r).map_err(|e| Error::Source { path: path.clone(), msg: e.to_string() })?;
-            rejects.extend_from_slice(line.as_bytes());
-            rejects.push(b'\n');
-        }
+    for r in &sealed.rejects {
+        let line = serde_json::to_string(r).map_err(|e| Error::Source { path: build.out.clone(), msg: e.to_string() })?;
+        rejects.extend_from_slice(line.as_bytes());
+        rejects.push(b'\n');
     }
     if manifest.stats.inputs != total {
         return Err(Error::Resume {

@@ -10,9 +10,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mdm_shards::{BuildStats, EmbeddingDType, Manifest, Record, ShardEntry, ShardSet, ShardWriter, TextEmbedding, TextEncoderInfo, WriterOptions};
-use serde::{Deserialize, Serialize};
+use mdm_shards::{BuildStats, EmbeddingDType, Manifest, Record, ShardSet, ShardWriter, TextEmbedding, TextEncoderInfo};
 
+use crate::chunks::{ChunkLog, Naming};
 use crate::error::{io, Error};
 use mdm_shards::durable::write_atomic;
 use crate::rejects::{RejectReason, RejectRecord};
@@ -109,16 +109,6 @@ impl TextStage {
     }
 }
 
-/// Sidecar of one re-embedded shard (resume of `mdm embed`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmbedDone {
-    source_file: String,
-    settings: serde_json::Value,
-    shards: Vec<ShardEntry>,
-    rejects: Vec<RejectRecord>,
-}
-
 /// What [`embed_shards`] did.
 #[derive(Debug, Clone)]
 pub struct EmbedSummary {
@@ -180,44 +170,34 @@ pub fn embed_shards(src: &Path, out: &Path, spec: &TextSpec, progress: bool) -> 
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
 
-    let mut shards = Vec::new();
-    let mut new_rejects: Vec<RejectRecord> = Vec::new();
+    let log = ChunkLog::new(out, Naming::SameAs { files: m.shards.iter().map(|e| e.file.clone()).collect() }, settings.clone());
     let mut kept = 0;
     for (i, entry) in m.shards.iter().enumerate() {
-        let sidecar = out.join(format!(".{}.embed.json", entry.file));
-        if let Ok(bytes) = fs::read(&sidecar) {
-            let done: EmbedDone = serde_json::from_slice(&bytes).map_err(|e| Error::Resume { path: sidecar.clone(), msg: e.to_string() })?;
-            if done.settings != settings || done.source_file != entry.file {
-                return Err(Error::Resume { path: sidecar, msg: "written with other settings; use a fresh --out".into() });
-            }
-            if done.shards.iter().all(|s| out.join(&s.file).exists()) {
-                shards.extend(done.shards);
-                new_rejects.extend(done.rejects);
-                kept += 1;
-                bar.inc(entry.rows);
-                continue;
-            }
+        let k = i as u64;
+        if log.read(k)?.is_some_and(|s| log.shards_present(&s)) {
+            kept += 1;
+            bar.inc(entry.rows);
+            continue;
         }
-        let (prefix, index) = split_name(&entry.file).unwrap_or(("shard".to_string(), i as u32));
-        let opts = WriterOptions {
-            prefix,
-            first_index: index,
-            max_shard_bytes: u64::MAX,
-            max_shard_rows: None,
-            text_encoder: Some(stage.info().clone()),
-            ..WriterOptions::default()
-        };
-        let mut writer = ShardWriter::try_new(out, layout.clone(), opts)?;
+        let mut writer = log.writer(k, &layout, Some(stage.info().clone()))?;
+        let mut chunk_stats = BuildStats::default();
         let mut rejects = Vec::new();
         let reader = set.reader(i)?;
         let mut batch = Vec::new();
         let chunk = stage.chunk();
-        let mut flush = |batch: &mut Vec<Record>, writer: &mut ShardWriter, rejects: &mut Vec<RejectRecord>| -> Result<(), Error> {
+        let mut flush = |batch: &mut Vec<Record>, writer: &mut ShardWriter, stats: &mut BuildStats, rejects: &mut Vec<RejectRecord>| -> Result<(), Error> {
             let n = batch.len() as u64;
             for r in stage.embed(std::mem::take(batch))? {
+                stats.inputs += 1;
                 match r {
-                    Ok(rec) => writer.write(rec)?,
-                    Err(rej) => rejects.push(rej),
+                    Ok(rec) => {
+                        stats.written += 1;
+                        writer.write(rec)?
+                    }
+                    Err(rej) => {
+                        stats.reject(rej.reason.as_str());
+                        rejects.push(rej)
+                    }
                 }
             }
             bar.inc(n);
@@ -226,17 +206,14 @@ pub fn embed_shards(src: &Path, out: &Path, spec: &TextSpec, progress: bool) -> 
         for rec in reader.into_records() {
             batch.push(rec?);
             if batch.len() >= chunk {
-                flush(&mut batch, &mut writer, &mut rejects)?;
+                flush(&mut batch, &mut writer, &mut chunk_stats, &mut rejects)?;
             }
         }
-        flush(&mut batch, &mut writer, &mut rejects)?;
-        let written = writer.close()?;
-        let done = EmbedDone { source_file: entry.file.clone(), settings: settings.clone(), shards: written, rejects };
-        let json = serde_json::to_vec(&done).map_err(|e| Error::Source { path: sidecar.clone(), msg: e.to_string() })?;
-        write_atomic(&sidecar, &json)?;
-        shards.extend(done.shards);
-        new_rejects.extend(done.rejects);
+        flush(&mut batch, &mut writer, &mut chunk_stats, &mut rejects)?;
+        log.seal(k, chunk_stats, writer.close()?, rejects)?;
     }
+    let sealed = log.collect(m.shards.len() as u64)?;
+    let (shards, new_rejects) = (sealed.shards, sealed.rejects);
     bar.finish_and_clear();
 
     let mut stats = m.stats.clone();
@@ -276,16 +253,6 @@ pub fn embed_shards(src: &Path, out: &Path, spec: &TextSpec, progress: bool) -> 
     manifest.settings = Some(ms);
     let path = manifest.write(out)?;
     Ok(EmbedSummary { rows: total, written, rejected, kept, manifest: path, stats })
-}
-
-/// `PREFIX-NNNNN.parquet` → (PREFIX, NNNNN).
-fn split_name(file: &str) -> Option<(String, u32)> {
-    let stem = file.strip_suffix(".parquet")?;
-    let (prefix, idx) = stem.rsplit_once('-')?;
-    if prefix.contains('/') || idx.len() < 5 {
-        return None;
-    }
-    Some((prefix.to_string(), idx.parse().ok()?))
 }
 
 /// `rejects.jsonl` and `rejects.part-*.jsonl` of a folder, sorted.
