@@ -135,39 +135,33 @@ pub struct DataConfig {
     pub frames: Option<u64>,
 }
 
-/// AdamW with linear warmup, gradient clipping and an EMA of the weights.
+/// AdamW with linear warmup, gradient clipping and an EMA of the weights. Missing keys take
+/// the values of [`OptimConfig::default`].
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
-    #[serde(default = "d_lr")]
     pub lr: f64,
-    #[serde(default = "d_betas")]
     pub betas: [f64; 2],
-    #[serde(default = "d_eps")]
     pub eps: f64,
-    #[serde(default)]
     pub weight_decay: f64,
     /// Linear warmup from 0 to `lr` over this many steps.
-    #[serde(default)]
     pub warmup_steps: u64,
     /// Clip the global gradient norm to this (0 = off).
-    #[serde(default = "d_clip")]
     pub clip_grad_norm: f64,
     /// EMA decay per step (0 = no EMA).
-    #[serde(default = "d_ema")]
     pub ema_decay: f64,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
-            lr: d_lr(),
-            betas: d_betas(),
-            eps: d_eps(),
+            lr: 5e-5,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
             weight_decay: 0.0,
             warmup_steps: 0,
-            clip_grad_norm: d_clip(),
-            ema_decay: d_ema(),
+            clip_grad_norm: 2.0,
+            ema_decay: 0.9999,
         }
     }
 }
@@ -183,24 +177,21 @@ pub struct ProgressiveConfig {
     pub use_ema: bool,
 }
 
-/// Sample grids written to TensorBoard during training.
+/// Sample grids written to TensorBoard during training. Missing keys take the values of
+/// [`SampleConfig::default`].
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SampleConfig {
     /// Every N steps (0 = never).
-    #[serde(default)]
     pub every: u64,
-    #[serde(default = "d_sample_n")]
     pub count: i64,
-    #[serde(default = "d_sample_steps")]
     pub steps: usize,
-    #[serde(default = "d_guidance")]
     pub guidance: f64,
 }
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        SampleConfig { every: 0, count: d_sample_n(), steps: d_sample_steps(), guidance: d_guidance() }
+        SampleConfig { every: 0, count: 4, steps: 50, guidance: 1.0 }
     }
 }
 
@@ -224,30 +215,6 @@ fn d_true() -> bool {
 }
 fn d_prefetch() -> usize {
     4
-}
-fn d_lr() -> f64 {
-    5e-5
-}
-fn d_betas() -> [f64; 2] {
-    [0.9, 0.999]
-}
-fn d_eps() -> f64 {
-    1e-8
-}
-fn d_clip() -> f64 {
-    2.0
-}
-fn d_ema() -> f64 {
-    0.9999
-}
-fn d_sample_n() -> i64 {
-    4
-}
-fn d_sample_steps() -> usize {
-    50
-}
-fn d_guidance() -> f64 {
-    1.0
 }
 
 /// A validated config with the model built and everything derived.

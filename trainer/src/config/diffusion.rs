@@ -40,61 +40,47 @@ pub enum ThresholdType {
     DynamicIf,
 }
 
-fn d_steps() -> i64 {
-    32
-}
-fn d_beta_start() -> f64 {
-    1e-4
-}
-fn d_beta_end() -> f64 {
-    0.02
-}
-fn d_one() -> f64 {
-    1.0
-}
 fn d_true() -> bool {
     true
 }
-fn d_sched() -> ScheduleType {
-    ScheduleType::Ddpm
-}
-fn d_pred() -> PredictionType {
-    PredictionType::Ddpm
-}
-fn d_thresh() -> ThresholdType {
-    ThresholdType::Clip
-}
 
-/// ml-mdm's `SamplerConfig` (defaults are ml-mdm's).
+/// ml-mdm's `SamplerConfig`; missing keys take ml-mdm's defaults ([`SamplerConfig::default`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplerConfig {
-    #[serde(default = "d_steps")]
     pub num_diffusion_steps: i64,
-    #[serde(default)]
     pub reproject_signal: bool,
-    #[serde(default = "d_sched")]
     pub schedule_type: ScheduleType,
-    #[serde(default = "d_pred")]
     pub prediction_type: PredictionType,
     /// `None` = same as `prediction_type`.
-    #[serde(default)]
     pub loss_target_type: Option<PredictionType>,
-    #[serde(default = "d_beta_start")]
     pub beta_start: f64,
-    #[serde(default = "d_beta_end")]
     pub beta_end: f64,
-    #[serde(default = "d_thresh")]
     pub threshold_function: ThresholdType,
-    #[serde(default = "d_one")]
     pub rescale_schedule: f64,
-    #[serde(default)]
     pub rescale_signal: Option<f64>,
     /// Shift each level's log-SNR by its resolution ratio (to `schedule_shifted_power`).
-    #[serde(default)]
     pub schedule_shifted: bool,
-    #[serde(default = "d_one")]
     pub schedule_shifted_power: f64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            num_diffusion_steps: 32,
+            reproject_signal: false,
+            schedule_type: ScheduleType::Ddpm,
+            prediction_type: PredictionType::Ddpm,
+            loss_target_type: None,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            threshold_function: ThresholdType::Clip,
+            rescale_schedule: 1.0,
+            rescale_signal: None,
+            schedule_shifted: false,
+            schedule_shifted_power: 1.0,
+        }
+    }
 }
 
 /// ml-mdm's `NestedDiffusionConfig` (a superset of `DiffusionConfig`). Unlike ml-mdm,
