@@ -76,8 +76,8 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join("state.json").exists() {
         return Ok(path.to_path_buf());
     }
-    list(path)?.pop().map(|(_, p)| p).ok_or_else(|| Error::Input {
-        path: Some(path.to_path_buf()),
+    list(path)?.pop().map(|(_, p)| p).ok_or_else(|| Error::Run {
+        path: path.to_path_buf(),
         msg: "neither a checkpoint folder nor a run folder with checkpoints".into(),
     })
 }
@@ -178,9 +178,9 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState> {
     let p = dir.join("state.json");
     let text = fs::read_to_string(&p).map_err(io(&p))?;
     let s: CheckpointState =
-        serde_json::from_str(&text).map_err(|e| Error::Input { path: Some(p.clone()), msg: e.to_string() })?;
+        serde_json::from_str(&text).map_err(|e| Error::Run { path: p.clone(), msg: e.to_string() })?;
     if s.format != FORMAT {
-        return Err(Error::Input { path: Some(p), msg: format!("format {:?}, expected {FORMAT:?}", s.format) });
+        return Err(Error::Run { path: p, msg: format!("format {:?}, expected {FORMAT:?}", s.format) });
     }
     Ok(s)
 }
@@ -211,7 +211,7 @@ pub fn restore(dir: &Path, vs: &VarStore, opt: &mut FlatOptimizer, state: &Check
     if let Some(e) = &opt.ema {
         let p = dir.join("ema.safetensors");
         if !state.has_ema {
-            return Err(Error::Input { path: Some(p), msg: "the checkpoint has no EMA but the config asks for one".into() });
+            return Err(Error::Run { path: p, msg: "the checkpoint has no EMA but the config asks for one".into() });
         }
         let ema: BTreeMap<String, Tensor> = read_safetensors(&p)?.into_iter().collect();
         opt.load_named(e, &ema, "ema.safetensors").map_err(|e| e.with_path(&p))?;

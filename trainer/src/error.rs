@@ -30,6 +30,22 @@ pub enum Error {
     /// A tensor given to the model or the diffusion has the wrong name, shape or kind.
     #[error("bad input{}: {msg}", path_suffix(.path))]
     Input { path: Option<PathBuf>, msg: String },
+    /// A run folder or checkpoint that this run cannot use (checkpoints without `--resume`, a
+    /// resume with another config, a stage that cannot grow into this model, a bad state file).
+    #[error("{}: {msg}", path.display())]
+    Run { path: PathBuf, msg: String },
+    /// The loader failed (its error names the shard and row).
+    #[error("loader: {0}")]
+    Loader(#[from] mdm_loader::Error),
+    /// A loader batch that does not fit the run (video vs images, sides, labels, embeddings).
+    #[error("batch: {0}")]
+    Batch(String),
+    /// The device the config asks for is not there.
+    #[error("device: {0}")]
+    Device(String),
+    /// A PNG or GIF could not be made.
+    #[error("picture: {0}")]
+    Picture(String),
     /// Training produced a non-finite loss or gradient; the weights were not updated.
     #[error("step {step}: non-finite loss {loss} or gradient norm {grad_norm}; stopped before updating the weights (last good checkpoint: {})", .checkpoint.as_ref().map_or("none".to_string(), |p| p.display().to_string()))]
     NonFinite { step: u64, loss: f64, grad_norm: f64, checkpoint: Option<PathBuf> },

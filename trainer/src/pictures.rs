@@ -41,10 +41,10 @@ pub fn grid(levels: &[Tensor]) -> Result<(u32, u32, Vec<u8>)> {
 
 /// PNG bytes of an RGB8 image.
 pub fn png_bytes(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>> {
-    let img = image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| Error::input("grid buffer size"))?;
+    let img = image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| Error::Picture("grid buffer size".into()))?;
     let mut out = std::io::Cursor::new(vec![]);
     img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| Error::input(format!("PNG encoding failed: {e}")))?;
+        .map_err(|e| Error::Picture(format!("PNG encoding failed: {e}")))?;
     Ok(out.into_inner())
 }
 
@@ -65,7 +65,7 @@ pub fn clip_frames(levels: &[Tensor], frames: i64) -> Result<Vec<image::RgbImage
                 })
                 .collect();
             let (w, h, rgb) = grid(&at)?;
-            image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| Error::input("grid buffer size"))
+            image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| Error::Picture("grid buffer size".into()))
         })
         .collect()
 }
@@ -77,12 +77,12 @@ pub fn gif_bytes(pictures: &[image::RgbImage], fps: f64) -> Result<Vec<u8>> {
     let mut out = vec![];
     {
         let mut enc = GifEncoder::new_with_speed(&mut out, 10);
-        enc.set_repeat(Repeat::Infinite).map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
+        enc.set_repeat(Repeat::Infinite).map_err(|e| Error::Picture(format!("GIF encoding failed: {e}")))?;
         let delay = image::Delay::from_numer_denom_ms((1000.0 / fps).round().max(10.0) as u32, 1);
         for picture in pictures {
             let rgba: image::RgbaImage = picture.convert();
             enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
-                .map_err(|e| Error::input(format!("GIF encoding failed: {e}")))?;
+                .map_err(|e| Error::Picture(format!("GIF encoding failed: {e}")))?;
         }
     }
     Ok(out)

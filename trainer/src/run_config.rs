@@ -427,14 +427,14 @@ pub fn pick_device_for(choice: DeviceChoice, local_rank: usize) -> Result<Device
     let cuda = || {
         let n = tch::Cuda::device_count() as usize;
         if local_rank >= n {
-            return Err(Error::input(format!("local rank {local_rank} needs cuda:{local_rank}, but libtorch sees {n} CUDA devices")));
+            return Err(Error::Device(format!("local rank {local_rank} needs cuda:{local_rank}, but libtorch sees {n} CUDA devices")));
         }
         Ok(Device::Cuda(local_rank))
     };
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda if !tch::Cuda::is_available() => {
-            Err(Error::input("run.device = \"cuda\" but libtorch sees no CUDA device"))
+            Err(Error::Device("run.device = \"cuda\" but libtorch sees no CUDA device".into()))
         }
         DeviceChoice::Cuda => cuda(),
         DeviceChoice::Auto if tch::Cuda::is_available() => cuda(),

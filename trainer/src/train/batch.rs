@@ -19,12 +19,12 @@ pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, frames: i64, dev
         match (px.frames, frames) {
             (None, 1) => {}
             (Some(f), _) if f as i64 == frames && frames > 1 => {}
-            (Some(_), 1) => return Err(Error::input("the loader gave video clips: an image model cannot train on them")),
-            (None, _) => return Err(Error::input("the loader gave images: a video model trains on video shards")),
-            (Some(f), _) => return Err(Error::input(format!("the loader gave clips of {f} frames, the run expects {frames}"))),
+            (Some(_), 1) => return Err(Error::Batch("the loader gave video clips: an image model cannot train on them".into())),
+            (None, _) => return Err(Error::Batch("the loader gave images: a video model trains on video shards".into())),
+            (Some(f), _) => return Err(Error::Batch(format!("the loader gave clips of {f} frames, the run expects {frames}"))),
         }
         if !sides.contains(res) {
-            return Err(Error::input(format!("the loader gave {res}² samples; the model's levels are {sides:?}")));
+            return Err(Error::Batch(format!("the loader gave {res}² samples; the model's levels are {sides:?}")));
         }
     }
     for side in sides {
@@ -41,7 +41,7 @@ pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, frames: i64, dev
         groups.push(t.to_kind(Kind::Float) / 127.5 - 1.0);
     }
     if order.len() != batch.len() {
-        return Err(Error::input(format!("batch has {} samples but {} pixel rows", batch.len(), order.len())));
+        return Err(Error::Batch(format!("batch has {} samples but {} pixel rows", batch.len(), order.len())));
     }
     let perm = Tensor::from_slice(&order.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
     let cond = match cond {
@@ -52,7 +52,7 @@ pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, frames: i64, dev
                 .map(|&r| {
                     batch.labels[r]
                         .map(i64::from)
-                        .ok_or_else(|| Error::input(format!("sample {} has no class label", batch.ids[r])))
+                        .ok_or_else(|| Error::Batch(format!("sample {} has no class label", batch.ids[r])))
                 })
                 .collect::<Result<_>>()?;
             Conditioning::Class(Tensor::from_slice(&labels).to_device(device))
@@ -61,7 +61,7 @@ pub fn to_tensors(batch: &Batch, sides: &[u32], cond: CondKind, frames: i64, dev
             let text = batch
                 .text
                 .as_ref()
-                .ok_or_else(|| Error::input("the shards have no T5 embeddings (t5_emb): run `mdm embed` first"))?;
+                .ok_or_else(|| Error::Batch("the shards have no T5 embeddings (t5_emb): run `mdm embed` first".into()))?;
             let (tokens, mask) = text_tensors(text, batch.len())?;
             Conditioning::Text {
                 tokens: tokens.to_device(device).index_select(0, &perm),
@@ -84,7 +84,7 @@ fn text_tensors(text: &TextBatch, b: usize) -> Result<(Tensor, Tensor)> {
     };
     let want = b * text.max_tokens * text.dim * 2;
     if text.data.len() != want || text.mask.len() != b * text.max_tokens {
-        return Err(Error::input("T5 embedding buffer has the wrong size for the batch"));
+        return Err(Error::Batch("T5 embedding buffer has the wrong size for the batch".into()));
     }
     let tokens = if text.max_tokens == 0 {
         Tensor::zeros([b as i64, 1, d], (Kind::Float, Device::Cpu))

@@ -195,8 +195,8 @@ impl Trainer {
         }
         let existing = if out.exists() { checkpoint::list(&out)? } else { vec![] };
         if !opts.resume && !existing.is_empty() {
-            return Err(Error::Input {
-                path: Some(out.clone()),
+            return Err(Error::Run {
+                path: out.clone(),
                 msg: "the run folder has checkpoints: pass --resume to continue, or choose another run.out".into(),
             });
         }
@@ -382,8 +382,8 @@ impl Trainer {
             let batch = self
                 .loader
                 .next()
-                .ok_or_else(|| Error::input("the loader stopped"))?
-                .map_err(|e| Error::input(format!("loader: {e}")))?;
+                .ok_or_else(|| Error::Batch("the loader stopped".into()))?
+                ?;
             let tb = batch::to_tensors(&batch, &self.run.sides, self.run.cond, self.run.frames, self.device)?;
             if self.sample_text.is_none() && matches!(tb.cond, crate::model::Conditioning::Text { .. }) {
                 self.sample_text = Some(tb.cond.narrow(self.run.config.sample.count.min(tb.len() as i64)));
@@ -615,7 +615,7 @@ pub fn build_loader_for(run: &Resolved, state: Option<mdm_loader::LoaderState>, 
     if let Some(w) = d.workers {
         b.workers(w);
     }
-    b.build().map_err(|e| Error::input(format!("loader: {e}")))
+    Ok(b.build()?)
 }
 
 /// A hash of the resolved config, the same in every process (ranks compare it).
@@ -633,8 +633,8 @@ fn check_same_run(dir: &std::path::Path, run: &Resolved, saved_global: u64, glob
     let p = dir.join("config.toml");
     let saved = run_config::TrainConfig::load(&p)?.config;
     if saved_global > 0 && saved_global != global {
-        return Err(Error::Input {
-            path: Some(dir.join("state.json")),
+        return Err(Error::Run {
+            path: dir.join("state.json"),
             msg: format!(
                 "the checkpoint was trained with a global batch of {saved_global} samples per loader step, this launch has {global} (ranks x data.batch_size): set data.batch_size so that they match"
             ),
@@ -656,8 +656,8 @@ fn check_same_run(dir: &std::path::Path, run: &Resolved, saved_global: u64, glob
         toml::to_string(&c).unwrap_or_default()
     };
     if norm(&saved) != norm(&run.config) {
-        return Err(Error::Input {
-            path: Some(p),
+        return Err(Error::Run {
+            path: p,
             msg: "the config differs from the checkpoint's in more than run.steps/logging/device: resume the same run, or start a new run.out".into(),
         });
     }
@@ -673,8 +673,8 @@ fn grow(vs: &VarStore, model: &MdmUNet, p: &run_config::ProgressiveConfig, quiet
         .num_levels()
         .checked_sub(lower.sides.len())
         .filter(|a| *a > 0 || video_from_image)
-        .ok_or_else(|| Error::Input {
-            path: Some(dir.clone()),
+        .ok_or_else(|| Error::Run {
+            path: dir.clone(),
             msg: format!(
                 "a stage with {} levels cannot grow into one with {} (an image stage may also initialise a video model of as many levels)",
                 lower.sides.len(),
@@ -682,7 +682,7 @@ fn grow(vs: &VarStore, model: &MdmUNet, p: &run_config::ProgressiveConfig, quiet
             ),
         })?;
     if lower.model.is_video() && !model.config().is_video() {
-        return Err(Error::Input { path: Some(dir.clone()), msg: "a video stage cannot initialise an image model".into() });
+        return Err(Error::Run { path: dir.clone(), msg: "a video stage cannot initialise an image model".into() });
     }
     let weights = checkpoint::weights_file(&dir, p.use_ema);
     let report = if video_from_image {
