@@ -16,10 +16,10 @@ use mdm_ingest::t5::{EncodeOptions, StorageDtype, T5Device};
 use mdm_ingest::text::TextSpec;
 use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
 use mdm_ingest::sources::RunOptions as IngestRun;
-use mdm_trainer::diffusion::SampleOptions;
+use mdm_trainer::diffusion::{SampleOptions, Sampler};
 use mdm_trainer::model::Conditioning;
 use mdm_trainer::pictures::{clip_frames, gif_bytes, grid, png_bytes};
-use mdm_trainer::sample::Sampler;
+use mdm_trainer::sample::Trained;
 use mdm_trainer::tch::{Device, Tensor};
 use mdm_trainer::train::{self, RunOptions};
 
@@ -97,10 +97,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
     let grid_path = out.join("samples.png");
     println!("\n5. $ mdm sample --checkpoint {} --class 0 --class 1 --class 2 --class 3 --count 3 --guidance 3 --out {}", out.join("runs/tiny_64").display(), grid_path.display());
-    let s = Sampler::load(&out.join("runs/tiny_64"), true, Device::Cpu)?;
+    let s = Trained::load(&out.join("runs/tiny_64"), true, Device::Cpu)?;
     let labels: Vec<i64> = (0..4).flat_map(|c| [c, c, c]).collect();
     let cond = Conditioning::Class(Tensor::from_slice(&labels));
-    let opts = SampleOptions { steps: Some(50), ddim_eta: None, guidance_scale: 3.0, threshold: None, frames: 1 };
+    let opts = SampleOptions { steps: Some(50), sampler: Sampler::Ddpm, guidance_scale: 3.0, threshold: None, frames: 1 };
     let levels = s.sample(&cond, labels.len() as i64, 0, &opts)?;
     let (w, h, rgb) = grid(&levels)?;
     std::fs::write(&grid_path, png_bytes(w, h, rgb)?)?;
@@ -168,7 +168,7 @@ fn video(out: &Path, steps: u64, sample_opts: &SampleOptions) -> Result<bool> {
     let gif = out.join("samples.gif");
     let prompts: Vec<String> = CLIPS.iter().map(|(fg, bgn, _)| format!("a {fg} square moving right on {bgn}")).collect();
     println!("\n10. $ mdm sample --checkpoint {} --prompt ... (4 prompts) --t5 {} --guidance 3 --out {}", out.join("runs/tiny_video_32").display(), t5.display(), gif.display());
-    let s = Sampler::load(&out.join("runs/tiny_video_32"), true, Device::Cpu)?;
+    let s = Trained::load(&out.join("runs/tiny_video_32"), true, Device::Cpu)?;
     let cond = super::sample::encode_prompts(&t5, &prompts, 1, Device::Cpu)?;
     let clips = s.sample(&cond, prompts.len() as i64, 0, sample_opts)?;
     let pictures = clip_frames(&clips, s.run.frames)?;

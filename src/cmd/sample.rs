@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use mdm_ingest::t5::{EncodeOptions, TextEncoder};
-use mdm_trainer::diffusion::SampleOptions;
+use mdm_trainer::diffusion::{SampleOptions, Sampler};
 use mdm_trainer::model::Conditioning;
 use mdm_ingest::encode::write_mp4;
 use mdm_trainer::pictures::{clip_frames, gif_bytes, grid, png_bytes};
-use mdm_trainer::sample::Sampler;
+use mdm_trainer::sample::Trained;
 use mdm_trainer::tch::{Device, Kind, Tensor};
 use mdm_trainer::run_config::{CondKind, DeviceChoice};
 use mdm_trainer::run_config::pick_device;
@@ -20,6 +20,15 @@ use mdm_trainer::run_config::pick_device;
 pub enum SamplerKind {
     Ddpm,
     Ddim,
+}
+
+impl From<SamplerKind> for Sampler {
+    fn from(k: SamplerKind) -> Sampler {
+        match k {
+            SamplerKind::Ddpm => Sampler::Ddpm,
+            SamplerKind::Ddim => Sampler::Ddim { eta: 0.0 },
+        }
+    }
 }
 
 #[derive(Args)]
@@ -96,16 +105,13 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
             batch: a.batch,
             steps: a.steps,
             guidance: a.guidance,
-            ddim_eta: match a.sampler {
-                SamplerKind::Ddpm => None,
-                SamplerKind::Ddim => Some(0.0),
-            },
+            sampler: a.sampler.into(),
             device,
         };
         return super::sample_manifest::run(manifest, out_dir, &settings);
     }
     let out = a.out.clone().context("give --out FILE (or --manifest FILE --out-dir DIR)")?;
-    let s = Sampler::load(&a.checkpoint, !a.no_ema, device)?;
+    let s = Trained::load(&a.checkpoint, !a.no_ema, device)?;
     if a.count < 1 {
         bail!("--count must be at least 1");
     }
@@ -142,13 +148,10 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     };
     let opts = SampleOptions {
         steps: Some(a.steps),
-        ddim_eta: match a.sampler {
-            SamplerKind::Ddpm => None,
-            SamplerKind::Ddim => Some(0.0),
-        },
+        sampler: a.sampler.into(),
         guidance_scale: a.guidance,
         threshold: None,
-        frames: 1, // Sampler::sample sets the model's clip length
+        frames: 1, // Trained::sample sets the model's clip length
     };
     let frames = s.run.frames;
     let ext = |x: &str| out.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use mdm_trainer::diffusion::SampleOptions;
+use mdm_trainer::diffusion::{SampleOptions, Sampler};
 use mdm_trainer::model::Conditioning;
-use mdm_trainer::sample::Sampler;
+use mdm_trainer::sample::Trained;
 use mdm_trainer::tch::{Device, Kind, Tensor};
 use mdm_trainer::run_config::CondKind;
 use serde_json::{json, Value};
@@ -98,7 +98,7 @@ pub struct Settings<'a> {
     pub batch: usize,
     pub steps: usize,
     pub guidance: f64,
-    pub ddim_eta: Option<f64>,
+    pub sampler: Sampler,
     pub device: Device,
 }
 
@@ -107,7 +107,7 @@ pub fn run(manifest: &Path, out_dir: &Path, s: &Settings) -> Result<ExitCode> {
         bail!("--batch must be at least 1");
     }
     let rows = read_manifest(manifest)?;
-    let sampler = Sampler::load(s.checkpoint, s.ema, s.device)?;
+    let sampler = Trained::load(s.checkpoint, s.ema, s.device)?;
     if sampler.run.frames > 1 {
         bail!("--manifest samples image models (this is a video model of {} frames)", sampler.run.frames);
     }
@@ -133,7 +133,7 @@ pub fn run(manifest: &Path, out_dir: &Path, s: &Settings) -> Result<ExitCode> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     check_settings(out_dir, manifest, &rows, s, &sampler.checkpoint)?;
 
-    let opts = SampleOptions { steps: Some(s.steps), ddim_eta: s.ddim_eta, guidance_scale: s.guidance, threshold: None, frames: 1 };
+    let opts = SampleOptions { steps: Some(s.steps), sampler: s.sampler, guidance_scale: s.guidance, threshold: None, frames: 1 };
     let mut t5 = match (kind, s.t5) {
         (CondKind::Text, Some(dir)) => Some(mdm_ingest::t5::TextEncoder::from_dir(dir, mdm_ingest::t5::EncodeOptions::default())?),
         _ => None,
@@ -239,7 +239,7 @@ fn check_settings(out_dir: &Path, manifest: &Path, rows: &[Row], s: &Settings, c
         "batch": s.batch,
         "steps": s.steps,
         "guidance": s.guidance,
-        "sampler": match s.ddim_eta { None => "ddpm".to_string(), Some(e) => format!("ddim(eta={e})") },
+        "sampler": s.sampler.name(),
     });
     let path: PathBuf = out_dir.join("sample.json");
     if path.exists() {

@@ -12,7 +12,7 @@ use crate::checkpoint;
 use crate::run_config::{CondKind, Resolved, TrainConfig};
 
 /// A model loaded from a checkpoint, ready to sample.
-pub struct Sampler {
+pub struct Trained {
     pub model: MdmUNet,
     pub diffusion: NestedDiffusion,
     pub run: Resolved,
@@ -21,7 +21,7 @@ pub struct Sampler {
     _vs: VarStore,
 }
 
-impl Sampler {
+impl Trained {
     /// Loads a checkpoint folder (or a run folder's newest): its config and its EMA weights
     /// (`ema = true`, when it has them) or raw weights.
     pub fn load(path: &Path, ema: bool, device: Device) -> Result<Self> {
@@ -31,7 +31,7 @@ impl Sampler {
         let model = MdmUNet::new(&vs.root(), &run.model)?;
         crate::weights::load_strict(&vs, &checkpoint::weights_file(&dir, ema))?;
         let diffusion = NestedDiffusion::for_model(&model, &run.model.diffusion(), device)?;
-        Ok(Sampler { model, diffusion, run, checkpoint: dir, device, _vs: vs })
+        Ok(Trained { model, diffusion, run, checkpoint: dir, device, _vs: vs })
     }
 
     /// Samples `cond`'s batch (one sample per condition row; `n` for unconditional models)

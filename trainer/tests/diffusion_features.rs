@@ -6,7 +6,7 @@ mod common;
 use mdm_trainer::{
     config::ModelConfig,
     diffusion::{
-        sampler::threshold, DiffusionConfig, NestedDiffusion, SampleOptions, ThresholdType,
+        sampler::threshold, DiffusionConfig, NestedDiffusion, SampleOptions, Sampler, ThresholdType,
     },
     denoiser::{Denoiser, Draws, LossOptions},
     model::{null_condition, Conditioning, MdmUNet, Micros},
@@ -146,7 +146,7 @@ fn sampling_ddpm_ddim_guidance_and_thresholds() {
     let n = noise();
     let opts = SampleOptions {
         steps: Some(5),
-        ddim_eta: Some(0.0),
+        sampler: Sampler::Ddim { eta: 0.0 },
         guidance_scale: 1.0,
         threshold: None,
         frames: 1,
@@ -210,10 +210,10 @@ fn sampling_ddpm_ddim_guidance_and_thresholds() {
     );
 
     // DDPM (ancestral) and DDIM(1) run and stay finite and in range.
-    for eta in [None, Some(1.0)] {
+    for sampler in [Sampler::Ddpm, Sampler::Ddim { eta: 1.0 }] {
         let o = SampleOptions {
             steps: Some(4),
-            ddim_eta: eta,
+            sampler,
             guidance_scale: 2.0,
             threshold: Some(ThresholdType::Dynamic),
             frames: 1,
@@ -309,4 +309,40 @@ fn the_denoiser_loss_is_the_full_batch_loss_and_drops_to_the_null_condition() {
     // Draws for another batch size are refused.
     let short = Draws { time: draws.time.narrow(0, 0, 3), uniform: draws.uniform.shallow_clone(), noise: vec![] };
     assert!(den.loss(&batch, &short, &opts).is_err());
+}
+
+/// The sampling loop without a network: a denoiser that knows x0 (it returns the prediction
+/// `pred_from_x0` gives at each step's γ) leads DDIM(0) from pure noise back to x0 on every
+/// level; DDPM gets there too; the loop asks for one prediction per step, at times N−1 … 0.
+#[test]
+fn the_sampling_loop_recovers_x0_from_an_oracle_denoiser() {
+    use mdm_trainer::diffusion::loss::pred_from_x0;
+    let (_vs, _model, d) = setup();
+    let pt = d.cfg.sampler_config.prediction_type;
+    tch::manual_seed(3);
+    let outer = Tensor::rand([2, 3, 16, 16], cpu()) * 1.6 - 0.8;
+    let x0 = d.pyramid(&outer);
+    for sampler in [Sampler::Ddim { eta: 0.0 }, Sampler::Ddpm] {
+        let noise: Vec<Tensor> = x0.iter().map(|x| x.randn_like()).collect();
+        let mut times = vec![];
+        let opts = SampleOptions { steps: Some(10), sampler, ..SampleOptions::default() };
+        let out = d
+            .sample_with(noise, &opts, |x, time| {
+                times.push(time.int64_value(&[0]));
+                Ok((0..d.levels())
+                    .map(|i| {
+                        let g = d.schedule.gamma(i, &(time + 1));
+                        pred_from_x0(&x[i], &(&x0[i] / d.signal_scale[i]), &g, pt)
+                    })
+                    .collect())
+            })
+            .expect("sample");
+        assert_eq!(times, d.timesteps(10).iter().take(10).map(|t| t - 1).collect::<Vec<_>>());
+        for (i, (o, x)) in out.iter().zip(&x0).enumerate() {
+            let err = common::max_abs(o, x);
+            assert!(err < 1e-3, "{sampler:?} level {i}: max error {err}");
+        }
+    }
+    // One noise tensor per level.
+    assert!(d.sample_with(vec![], &SampleOptions::default(), |_, _| Ok(vec![])).is_err());
 }

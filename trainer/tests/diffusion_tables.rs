@@ -10,7 +10,7 @@ mod common;
 
 use mdm_trainer::diffusion::{
     loss::{target, x0_eps_from_pred},
-    DiffusionConfig, NestedDiffusion, PredictionType,
+    DiffusionConfig, NestedDiffusion, PredictionType, Sampler,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -138,10 +138,10 @@ fn run(name: &str) {
     close(name, "train.loss_total", &loss.total, g("train.loss_total"));
 
     // One sampling step: DDPM, DDIM(η=0), and the last step (t = 1, no noise).
-    for (p, eta) in [
-        ("sample", None),
-        ("sample_ddim0", Some(0.0)),
-        ("sample_last", None),
+    for (p, sampler) in [
+        ("sample", Sampler::Ddpm),
+        ("sample_ddim0", Sampler::Ddim { eta: 0.0 }),
+        ("sample_last", Sampler::Ddpm),
     ] {
         let tt = g(&format!("{p}.t"));
         let step_t = tt.int64_value(&[0]);
@@ -169,7 +169,7 @@ fn run(name: &str) {
                 &out,
                 step_t,
                 step_t - 1,
-                eta,
+                sampler,
                 noise.as_deref(),
                 thresh,
             )

@@ -12,7 +12,7 @@ pub mod sampler;
 pub mod schedule;
 
 pub use loss::{LossTerms, NestedDiffusion, TrainInputs};
-pub use sampler::{SampleOptions, StepOutput};
+pub use sampler::{SampleOptions, Sampler, StepOutput};
 pub use schedule::Schedule;
 // The diffusion section of a model file is parsed with the rest of it.
 pub use crate::config::diffusion::{DiffusionConfig, PredictionType, SamplerConfig, ScheduleType, ThresholdType};

@@ -15,14 +15,32 @@ pub struct StepOutput {
     pub x_prev: Vec<Tensor>,
 }
 
+/// The update rule of a sampling step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    /// Ancestral DDPM: the posterior mean plus its noise.
+    Ddpm,
+    /// DDIM with η (0: deterministic; 1: DDPM's variance).
+    Ddim { eta: f64 },
+}
+
+impl Sampler {
+    /// The name recorded beside samples: `ddpm`, `ddim(eta=…)`.
+    pub fn name(&self) -> String {
+        match self {
+            Sampler::Ddpm => "ddpm".into(),
+            Sampler::Ddim { eta } => format!("ddim(eta={eta})"),
+        }
+    }
+}
+
 /// How to sample.
 #[derive(Debug, Clone)]
 pub struct SampleOptions {
     /// `None`: every step N..1 (ml-mdm's default); `Some(n)`: n steps on
     /// [`NestedDiffusion::timesteps`]`(n)`.
     pub steps: Option<usize>,
-    /// `None`: DDPM (ancestral); `Some(η)`: DDIM with η (0 = deterministic).
-    pub ddim_eta: Option<f64>,
+    pub sampler: Sampler,
     /// Classifier-free guidance scale (1 = off).
     pub guidance_scale: f64,
     /// Overrides the config's `threshold_function`.
@@ -35,7 +53,7 @@ impl Default for SampleOptions {
     fn default() -> Self {
         SampleOptions {
             steps: Some(250),
-            ddim_eta: None,
+            sampler: Sampler::Ddpm,
             guidance_scale: 1.0,
             threshold: None,
             frames: 1,
@@ -91,7 +109,7 @@ impl NestedDiffusion {
         pred: &[Tensor],
         t: i64,
         t_last: i64,
-        ddim_eta: Option<f64>,
+        sampler: Sampler,
         noise: Option<&[Tensor]>,
         thresh: ThresholdType,
     ) -> Result<StepOutput> {
@@ -125,11 +143,11 @@ impl NestedDiffusion {
                 x0_eps_from_pred(&x_t[i], &pred[i].to_kind(x_t[i].kind()), &g.view([-1]), pt);
             let x0 = threshold(&x0, thresh, self.signal_scale[i]);
             let mut add_noise = noise.is_some();
-            let mut x = match ddim_eta {
-                None => {
+            let mut x = match sampler {
+                Sampler::Ddpm => {
                     &x0 * &beta * gl.sqrt() / &one_g + &x_t[i] * alpha.sqrt() * &one_gl / &one_g
                 }
-                Some(eta) => {
+                Sampler::Ddim { eta } => {
                     let eps = (&x_t[i] - &x0 * g.sqrt()) / one_g.sqrt();
                     if eta > 0.0 {
                         beta_tilde = beta_tilde * (eta * eta);
@@ -190,9 +208,10 @@ impl NestedDiffusion {
         }
     }
 
-    /// Samples from Gaussian noise on every level: `noise[i]` is level i's start (B,C,S_i,S_i),
-    /// B = clips × `opts.frames`.
-    /// Returns every level's final sample, clipped to [−1, 1] (outermost first).
+    /// Samples from Gaussian noise on every level with the model: [`NestedDiffusion::sample_with`]
+    /// over its [`NestedDiffusion::guided_prediction`]. `noise[i]` is level i's start
+    /// (B,C,S_i,S_i), B = clips × `opts.frames`. Returns every level's final sample, clipped
+    /// to [−1, 1] (outermost first).
     pub fn sample(
         &self,
         model: &MdmUNet,
@@ -208,6 +227,22 @@ impl NestedDiffusion {
                 "guidance needs an unconditional (empty/negative prompt or null class) input",
             ));
         }
+        self.sample_with(noise, opts, |x, time| {
+            self.guided_prediction(model, x, time, cond, uncond, micros, opts.guidance_scale, opts.frames)
+        })
+    }
+
+    /// The sampling loop over any denoiser: `denoise(x_t, time)` returns every level's
+    /// prediction (of the config's `prediction_type`) for the network time `time` (B,) =
+    /// t − 1 per clip. Draws each step's noise with libtorch's RNG; [`Sampler::Ddim`] with
+    /// η = 0 draws none.
+    pub fn sample_with(
+        &self,
+        noise: Vec<Tensor>,
+        opts: &SampleOptions,
+        mut denoise: impl FnMut(&[Tensor], &Tensor) -> Result<Vec<Tensor>>,
+    ) -> Result<Vec<Tensor>> {
+        let _guard = tch::no_grad_guard();
         let thresh = opts
             .threshold
             .unwrap_or(self.cfg.sampler_config.threshold_function);
@@ -217,6 +252,9 @@ impl NestedDiffusion {
             Some(_) => return Err(Error::input("sampling needs at least one step")),
         };
         let mut x = noise;
+        if x.len() != self.levels() {
+            return Err(Error::input(format!("{} noise tensors for {} levels", x.len(), self.levels())));
+        }
         if opts.frames < 1 || x[0].size()[0] % opts.frames != 0 {
             return Err(Error::input(format!("{} noise rows are not whole clips of {} frames", x[0].size()[0], opts.frames)));
         }
@@ -224,30 +262,11 @@ impl NestedDiffusion {
         for w in steps.windows(2) {
             let (t, t_last) = (w[0], w[1]);
             let time = Tensor::full([b], t - 1, (Kind::Int64, x[0].device()));
-            let pred = self.guided_prediction(
-                model,
-                &x,
-                &time,
-                cond,
-                uncond,
-                micros,
-                opts.guidance_scale,
-                opts.frames,
-            )?;
+            let pred = denoise(&x, &time)?;
             // ml-mdm adds noise on every step but t = 1 (at t_last = 0 its scale is 0).
             let noise: Option<Vec<Tensor>> =
-                (t != 1).then(|| x.iter().map(|v| v.randn_like()).collect());
-            x = self
-                .step(
-                    &x,
-                    &pred,
-                    t,
-                    t_last,
-                    opts.ddim_eta,
-                    noise.as_deref(),
-                    thresh,
-                )?
-                .x_prev;
+                (t != 1 && opts.sampler != Sampler::Ddim { eta: 0.0 }).then(|| x.iter().map(|v| v.randn_like()).collect());
+            x = self.step(&x, &pred, t, t_last, opts.sampler, noise.as_deref(), thresh)?.x_prev;
         }
         Ok(x.iter()
             .zip(&self.signal_scale)

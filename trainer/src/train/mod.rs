@@ -526,7 +526,7 @@ impl Trainer {
         let frames = self.run.frames;
         let opts = SampleOptions {
             steps: Some(sc.steps),
-            ddim_eta: Some(0.0),
+            sampler: crate::diffusion::Sampler::Ddim { eta: 0.0 },
             guidance_scale: sc.guidance,
             threshold: None,
             frames,
