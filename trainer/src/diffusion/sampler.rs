@@ -221,7 +221,6 @@ impl NestedDiffusion {
         micros: &Micros,
         opts: &SampleOptions,
     ) -> Result<Vec<Tensor>> {
-        let _guard = tch::no_grad_guard();
         if opts.guidance_scale != 1.0 && uncond.is_none() {
             return Err(Error::input(
                 "guidance needs an unconditional (empty/negative prompt or null class) input",
