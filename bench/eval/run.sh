@@ -4,11 +4,12 @@
 # Not a test. Weights: the formula stand-in (same cost as the real network; nothing downloaded):
 # pytorch-fid finds it as its cached pt_inception .pth, mdm gets it through tools/convert_inception.py.
 #
-#   bench/eval/run.sh [N_IMAGES=500] [DEVICE=cpu] [THREADS=$(nproc)]
+#   bench/eval/run.sh [N_IMAGES=500] [DEVICE=cpu] [THREADS=$(nproc)] [RUNS=1]
+# With RUNS > 1 the two commands alternate RUNS times; it prints each run and the medians.
 # GPU: bench/eval/run.sh 5000 cuda
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-N=${1:-500}; DEVICE=${2:-cpu}; THREADS=${3:-$(nproc)}
+N=${1:-500}; DEVICE=${2:-cpu}; THREADS=${3:-$(nproc)}; RUNS=${4:-1}
 PY=${REF_PYTHON:-/work/refvenv/bin/python}
 W=${BENCH_DIR:-/tmp/mdm-bench-eval}
 MDM=${MDM:-target/release/mdm}
@@ -18,21 +19,31 @@ PTH=$(ls "$W"/torch_home/hub/checkpoints/*.pth)
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS TORCH_HOME=$W/torch_home
 echo "N=$N device=$DEVICE threads=$THREADS ($(nproc) cores visible)"
 
-t0=$(date +%s.%N)
-"$MDM" eval fid-stats "$W/images" --inception "$W/inception.safetensors" --out "$W/mdm.npz" \
-  --mode pytorch-fid --device "$DEVICE" --workers "$THREADS" --batch 50 --quiet
-t1=$(date +%s.%N)
-"$PY" -m pytorch_fid --save-stats "$W/images" "$W/ref.npz" --device "$DEVICE" \
-  --num-workers "$THREADS" --batch-size 50 >/dev/null
-t2=$(date +%s.%N)
+TIMES=()
+for r in $(seq "$RUNS"); do
+  t0=$(date +%s.%N)
+  "$MDM" eval fid-stats "$W/images" --inception "$W/inception.safetensors" --out "$W/mdm.npz" \
+    --mode pytorch-fid --device "$DEVICE" --workers "$THREADS" --batch 50 --quiet
+  t1=$(date +%s.%N)
+  rm -f "$W/ref.npz"  # pytorch-fid refuses to overwrite
+  "$PY" -m pytorch_fid --save-stats "$W/images" "$W/ref.npz" --device "$DEVICE" \
+    --num-workers "$THREADS" --batch-size 50 >/dev/null 2>&1
+  t2=$(date +%s.%N)
+  TIMES+=("$t0" "$t1" "$t2")
+done
 
-"$PY" - "$W" "$N" "$t0" "$t1" "$t2" <<'PYEOF'
-import sys, numpy as np
-w, n, t0, t1, t2 = sys.argv[1], int(sys.argv[2]), *map(float, sys.argv[3:])
+"$PY" - "$W" "$N" "${TIMES[@]}" <<'PYEOF'
+import statistics, sys, numpy as np
+w, n, ts = sys.argv[1], int(sys.argv[2]), list(map(float, sys.argv[3:]))
+runs = [(ts[i + 1] - ts[i], ts[i + 2] - ts[i + 1]) for i in range(0, len(ts), 3)]
+for k, (a, b) in enumerate(runs, 1):
+    print(f"run {k}: mdm {n / a:6.1f} img/s, pytorch-fid {n / b:6.1f} img/s, speed-up {b / a:.2f}x")
+t1 = statistics.median(a for a, _ in runs); t2 = statistics.median(b for _, b in runs)
+t0, t1, t2 = 0.0, t1, t1 + t2
 a, b = np.load(f"{w}/mdm.npz"), np.load(f"{w}/ref.npz")
 dmu = np.abs(a["mu"] - b["mu"]).max() / np.abs(b["mu"]).max()
 dsig = np.abs(a["sigma"] - b["sigma"]).max() / np.abs(b["sigma"]).max()
-print(f"mdm fid-stats : {t1 - t0:7.2f} s  {n / (t1 - t0):7.1f} img/s (process start and weight loading included)")
-print(f"pytorch-fid   : {t2 - t1:7.2f} s  {n / (t2 - t1):7.1f} img/s (process start and weight loading included)")
-print(f"speed-up {(t2 - t1) / (t1 - t0):.2f}x; stats max|dmu|/max|mu| {dmu:.1e}, max|dsigma|/max|sigma| {dsig:.1e}")
+print(f"mdm fid-stats, median: {t1 - t0:7.2f} s  {n / (t1 - t0):7.1f} img/s (process start and weight loading included)")
+print(f"pytorch-fid, median  : {t2 - t1:7.2f} s  {n / (t2 - t1):7.1f} img/s (process start and weight loading included)")
+print(f"median speed-up {statistics.median(b / a for a, b in runs):.2f}x over {len(runs)} run(s); stats max|dmu|/max|mu| {dmu:.1e}, max|dsigma|/max|sigma| {dsig:.1e}")
 PYEOF

@@ -121,6 +121,27 @@ fn features_match_the_references_in_every_mode_and_dims() {
     assert!(a.allclose(b, 0.0, 0.0, false));
 }
 
+/// `load` folds the BatchNorms into the convolutions and runs channels-last; the plain
+/// conv → BN → ReLU network (`new` + `load_strict`, not fused) must give the same features.
+#[test]
+fn folded_network_equals_the_plain_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fused, _vs) = formula_net(tmp.path());
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let plain = FidInception::new(&vs.root());
+    load_strict(&mut vs, &tmp.path().join("formula.safetensors")).unwrap();
+    let input: Vec<f32> = [3u32, 11].iter().flat_map(|&seed| Mode::Clean.network_input(&rgb_u8(seed, 40, 56), 40, 56)).collect();
+    let x = Tensor::from_slice(&input).reshape([2, 3, 299, 299]);
+    let a = fused.features_upto(&x, Dims::D2048).unwrap();
+    let b = plain.features_upto(&x, Dims::D2048).unwrap();
+    for (d, (a, b)) in Dims::ALL.iter().zip(a.iter().zip(&b)) {
+        let scale = f64::try_from(b.abs().max()).unwrap();
+        let err = f64::try_from((a - b).abs().max()).unwrap() / scale;
+        eprintln!("dims {d}: max|fused - plain| / max|plain| = {err:.2e}");
+        assert!(scale > 1e-3 && err <= 1e-5, "dims {d}: relative difference {err} > 1e-5");
+    }
+}
+
 #[test]
 fn strict_loading_names_the_file_and_every_bad_tensor() {
     let tmp = tempfile::tempdir().unwrap();

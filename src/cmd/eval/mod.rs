@@ -26,6 +26,7 @@ pub enum EvalCmd {
 }
 
 pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
+    super::keep_freed_memory();
     match cmd {
         EvalCmd::FidStats(a) => fid_stats::run(a),
         EvalCmd::Fid(a) => fid::run(a),
