@@ -66,6 +66,54 @@ fn fid_of_numpy_npz_equals_references() {
     assert_eq!(r["warnings"], serde_json::json!([]));
 }
 
+/// Two folders of PNGs → `mdm eval fid A B` (features, statistics and distance in one command)
+/// equals pytorch-fid's `calculate_fid_given_paths` on the same files and weights, within 1e-3
+/// relative (metrics/tests/fixtures/e2e, made by tools/metrics_fixtures/e2e.py, whose formulas
+/// for the images this test repeats). n < dims + 1 in both cases: the warning path is run too.
+#[test]
+fn fid_of_two_image_folders_equals_pytorch_fid() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("metrics/tests/fixtures/e2e");
+    let golden = read_json(&fx.join("golden.json"));
+    let dim = |k: &str| golden[k].as_u64().unwrap() as u32;
+    let (n, h, w) = (dim("n"), dim("h"), dim("w"));
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("inception.safetensors");
+    mdm_metrics::inception::formula::write(&weights).unwrap();
+    // rgb_u8 of tools/metrics_fixtures/resize.py: floor(hash_unit(seed, i) * 256)
+    let rgb_u8 = |seed: u32| -> Vec<u8> {
+        let u = mdm_metrics::inception::formula::unit(seed, (h * w * 3) as usize);
+        u.into_iter().map(|u| (u * 256.0).floor() as u8).collect()
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (dir, base) in [(&a, 5000), (&b, 6000)] {
+        std::fs::create_dir(dir).unwrap();
+        for k in 0..n {
+            let mut px = rgb_u8(base + k);
+            if base == 6000 {
+                px.iter_mut().for_each(|v| *v = *v / 2 + 64);
+            }
+            image::RgbImage::from_raw(w, h, px).unwrap().save(dir.join(format!("{k:03}.png"))).unwrap();
+        }
+    }
+    for dims in ["64", "2048"] {
+        let want = golden["fid"][dims].as_f64().unwrap();
+        let result = tmp.path().join(format!("fid{dims}.json"));
+        let out = mdm([
+            OsStr::new("eval"), OsStr::new("fid"), a.as_os_str(), b.as_os_str(), OsStr::new("--inception"),
+            weights.as_os_str(), OsStr::new("--mode"), OsStr::new("pytorch-fid"), OsStr::new("--dims"), OsStr::new(dims),
+            OsStr::new("--device"), OsStr::new("cpu"), OsStr::new("--quiet"), OsStr::new("--out"), result.as_os_str(),
+        ]);
+        ok(&out);
+        let r = read_json(&result);
+        let fid = r["fid"].as_f64().unwrap();
+        let rel = (fid - want).abs() / want;
+        eprintln!("dims {dims}: mdm {fid}, pytorch-fid {want}, relative {rel:.1e}");
+        assert!(want > 1.0 && rel <= 1e-3, "dims {dims}: FID {fid} against pytorch-fid's {want} ({rel:.1e} relative)");
+        assert_eq!((r["n_a"].as_u64(), r["n_b"].as_u64()), (Some(n as u64), Some(n as u64)), "{r}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("warning"), "n < dims + 1 must be warned about");
+    }
+}
+
 /// Statistics that record n < dims + 1 are warned about, on stderr and in the JSON.
 #[test]
 fn fid_warns_on_rank_deficient_statistics() {
