@@ -10,6 +10,7 @@ use crate::error::Error;
 
 /// How the square is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Crop {
     /// Shortest side to R, centred R×R crop.
@@ -20,6 +21,7 @@ pub enum Crop {
 
 /// What to do with a picture whose shortest side is at least `min_side` but below the resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum SmallPolicy {
     /// Upscale it (antialiased filter, same as downscaling).
@@ -113,6 +115,7 @@ impl ImageSettings {
 
 /// What to do with a video shorter than one clip (`frames / fps` seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ShortPolicy {
     /// Reject it as `too-short`.

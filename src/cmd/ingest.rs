@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use mdm_ingest::settings::{Crop, ImageSettings, Part, ShortPolicy, SmallPolicy, VideoSettings};
 use mdm_ingest::sources::cc12m::{self, Cc12mOptions};
 use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
@@ -25,24 +25,6 @@ pub enum IngestCmd {
     Cc12m(Cc12mArgs),
     /// WebVid-10M: the CSV with a folder of downloaded videos, or video2dataset tars.
     Webvid(WebvidArgs),
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum SplitArg {
-    Train,
-    Val,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum CropArg {
-    Center,
-    KeepAspect,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum SmallArg {
-    Upscale,
-    Reject,
 }
 
 /// Output and execution flags of every source.
@@ -94,10 +76,10 @@ pub struct Common {
     min_side: Option<u32>,
     /// Pictures between min-side and the resolution: upscale (default) or reject.
     #[arg(long, value_enum)]
-    small: Option<SmallArg>,
+    small: Option<SmallPolicy>,
     /// Centre crop (default) or keep the aspect and record the crop box.
     #[arg(long, value_enum)]
-    crop: Option<CropArg>,
+    crop: Option<Crop>,
     /// Header check: width × height above this is a decompression bomb.
     #[arg(long)]
     max_pixels: Option<u64>,
@@ -109,7 +91,7 @@ pub struct ImagenetArgs {
     #[arg(long)]
     src: PathBuf,
     #[arg(long, value_enum)]
-    split: SplitArg,
+    split: Split,
     /// Validation labels (LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt); found next to the data by default.
     #[arg(long)]
     val_labels: Option<PathBuf>,
@@ -146,7 +128,7 @@ pub struct T5Args {
     pub dtype: T5Dtype,
     /// Stored dtype of the embeddings.
     #[arg(long = "t5-storage", value_enum, default_value = "f16")]
-    pub storage: StorageArg,
+    pub storage: StorageDtype,
     /// cpu, cuda, cuda:N or auto (CUDA when available).
     #[arg(long = "t5-device", default_value = "auto")]
     pub device: T5Device,
@@ -178,12 +160,6 @@ pub struct WebvidArgs {
     video: VideoArgs,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ShortArg {
-    Reject,
-    Loop,
-}
-
 /// Settings of the video path.
 #[derive(Args)]
 pub struct VideoArgs {
@@ -203,7 +179,7 @@ pub struct VideoArgs {
     clips_per_video: Option<u32>,
     /// Videos shorter than one clip: reject (`too-short`, default) or loop.
     #[arg(long, value_enum)]
-    short: Option<ShortArg>,
+    short: Option<ShortPolicy>,
     /// JPEG quality of the stored frames. Default 90.
     #[arg(long)]
     quality: Option<u8>,
@@ -236,10 +212,7 @@ impl VideoArgs {
             s.fps = v;
         }
         if let Some(p) = self.short {
-            s.short = match p {
-                ShortArg::Reject => ShortPolicy::Reject,
-                ShortArg::Loop => ShortPolicy::Loop,
-            };
+            s.short = p;
         }
         if let Some(q) = self.quality {
             s.quality = q;
@@ -261,12 +234,6 @@ impl VideoArgs {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum StorageArg {
-    F16,
-    Bf16,
-}
-
 impl T5Args {
     /// The spec, when `--t5` was given.
     pub fn spec(&self) -> Option<TextSpec> {
@@ -279,11 +246,7 @@ impl T5Args {
             batch_size: self.batch,
             sort_window: self.batch.saturating_mul(16),
         };
-        let storage = match self.storage {
-            StorageArg::F16 => StorageDtype::F16,
-            StorageArg::Bf16 => StorageDtype::Bf16,
-        };
-        Some(TextSpec { model_dir, options, storage })
+        Some(TextSpec { model_dir, options, storage: self.storage })
     }
 }
 
@@ -306,16 +269,10 @@ impl Common {
             s.min_side = m;
         }
         if let Some(p) = self.small {
-            s.small = match p {
-                SmallArg::Upscale => SmallPolicy::Upscale,
-                SmallArg::Reject => SmallPolicy::Reject,
-            };
+            s.small = p;
         }
         if let Some(c) = self.crop {
-            s.crop = match c {
-                CropArg::Center => Crop::Center,
-                CropArg::KeepAspect => Crop::KeepAspect,
-            };
+            s.crop = c;
         }
         if let Some(m) = self.max_pixels {
             s.max_pixels = m;
@@ -334,10 +291,7 @@ pub fn run(cmd: IngestCmd) -> Result<ExitCode> {
             let (settings, run) = a.common.resolve()?;
             let opts = ImagenetOptions {
                 src: a.src.clone(),
-                split: match a.split {
-                    SplitArg::Train => Split::Train,
-                    SplitArg::Val => Split::Val,
-                },
+                split: a.split,
                 val_labels: a.val_labels,
                 synset_order: a.synset_order,
             };

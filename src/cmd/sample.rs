@@ -64,7 +64,7 @@ pub struct SampleArgs {
     #[arg(long)]
     no_ema: bool,
     #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
+    device: DeviceChoice,
     /// Frames per second of a video model's GIF or MP4.
     #[arg(long, default_value_t = 8.0)]
     fps: f64,
@@ -83,19 +83,8 @@ pub struct SampleArgs {
     batch: usize,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
-    let device = pick_device(match a.device {
-        DeviceArg::Auto => DeviceChoice::Auto,
-        DeviceArg::Cpu => DeviceChoice::Cpu,
-        DeviceArg::Cuda => DeviceChoice::Cuda,
-    })?;
+    let device = pick_device(a.device)?;
     if let (Some(manifest), Some(out_dir)) = (&a.manifest, &a.out_dir) {
         let settings = super::sample_manifest::Settings {
             checkpoint: &a.checkpoint,

@@ -46,6 +46,7 @@ impl Default for EncodeOptions {
 
 /// Dtype of stored embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum StorageDtype {
     F16,

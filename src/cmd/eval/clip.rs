@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use mdm_metrics::clip::{mean_score, scores_of_embeds, ClipModel};
 use mdm_trainer::tch::Tensor;
 use mdm_trainer::run_config::DeviceChoice;
@@ -40,17 +40,10 @@ pub struct ClipArgs {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
+    device: DeviceChoice,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
 }
 
 /// Why an image was not scored.
@@ -83,11 +76,7 @@ pub fn run(a: ClipArgs) -> Result<ExitCode> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let device = pick_device(match a.device {
-        DeviceArg::Auto => DeviceChoice::Auto,
-        DeviceArg::Cpu => DeviceChoice::Cpu,
-        DeviceArg::Cuda => DeviceChoice::Cuda,
-    })?;
+    let device = pick_device(a.device)?;
     let rows = read_manifest(&a.manifest)?;
     if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.caption.is_none()) {
         bail!("{}: row {} (id {:?}) has no \"caption\"", a.manifest.display(), i + 1, r.id);
