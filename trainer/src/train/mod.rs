@@ -169,96 +169,74 @@ pub struct Trainer {
     global_batch: u64,
 }
 
+/// What a fresh start and a resume share before the weights are set: the process group, the
+/// device, the model and its run folder's checkpoints.
+struct Setup {
+    group: Option<Group>,
+    rank: usize,
+    world: usize,
+    lead: bool,
+    quiet: bool,
+    device: Device,
+    vs: VarStore,
+    model: MdmUNet,
+    diffusion: NestedDiffusion,
+    /// Checkpoints of the run folder, oldest first.
+    existing: Vec<(u64, PathBuf)>,
+    global_batch: u64,
+}
+
+/// Where training starts: the loader position and the samples trained so far.
+struct Start {
+    opt: FlatOptimizer,
+    loader_state: Option<mdm_loader::LoaderState>,
+    samples: u64,
+}
+
 impl Trainer {
-    /// Builds everything for `run`: a fresh start (grown from a lower stage if the config says
-    /// so) or, with `opts.resume`, the newest checkpoint of the run folder.
+    /// Builds everything for `run`: with `opts.resume`, the newest checkpoint of the run folder
+    /// ([`Trainer::resume`]; a folder without one starts fresh), else a fresh start
+    /// ([`Trainer::fresh`]), which refuses a folder that has checkpoints.
     pub fn new(run: Resolved, opts: &RunOptions) -> Result<Self> {
-        let cfg = &run.config;
-        let out = cfg.run.out.clone();
-        let io = |path: &std::path::Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
-        let mut group = match &opts.launch {
-            Some(l) => Some(Group::connect(l, opts.dist_timeout.unwrap_or(DEFAULT_DIST_TIMEOUT))?),
-            None => None,
-        };
-        let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.world));
-        let lead = rank == 0;
-        let quiet = opts.quiet || !lead;
-        if lead {
-            std::fs::create_dir_all(&out).map_err(io(&out))?;
-            checkpoint::clean_partial(&out)?;
+        if opts.resume {
+            Self::resume(run, opts)
+        } else {
+            Self::fresh(run, opts)
         }
-        if let Some(g) = &group {
-            g.barrier("start-up (rank 0 preparing the run folder)")?;
-        }
-        let existing = if out.exists() { checkpoint::list(&out)? } else { vec![] };
-        if !opts.resume && !existing.is_empty() {
+    }
+
+    /// A fresh start: new weights, grown from a lower stage's checkpoint when the config has
+    /// `[progressive]`; writes the resolved config into the run folder.
+    pub fn fresh(run: Resolved, opts: &RunOptions) -> Result<Self> {
+        let setup = Setup::prepare(&run, opts)?;
+        if !setup.existing.is_empty() {
             return Err(Error::Run {
-                path: out.clone(),
+                path: run.config.run.out.clone(),
                 msg: "the run folder has checkpoints: pass --resume to continue, or choose another run.out".into(),
             });
         }
-        if let Some(t) = cfg.run.threads {
-            tch::set_num_threads(t);
-        }
-        let device = pick_device_for(cfg.run.device, opts.launch.as_ref().map_or(0, |l| l.local_rank))?;
-        if let (Some(g), Device::Cuda(d)) = (&mut group, device) {
-            // NCCL for CUDA tensors unless the user asks for Gloo.
-            if std::env::var("MDM_DIST_BACKEND").map_or(true, |b| b != "gloo") {
-                g.enable_nccl(d)?;
-            }
-        }
-        let global_batch = cfg.data.batch_size * world as u64;
-        let config_toml = if world > 1 {
-            format!(
-                "# data-parallel: {world} ranks x batch_size {} = global batch {global_batch} (x grad_accum {} per optimizer step)\n{}",
-                cfg.data.batch_size,
-                cfg.data.grad_accum,
-                run.to_toml()
-            )
-        } else {
-            run.to_toml()
+        let start = setup.start_fresh(&run)?;
+        Self::assemble(run, opts, setup, start)
+    }
+
+    /// Continues from the newest checkpoint of the run folder (weights, EMA, moments, loader
+    /// position, logs cut back to its step), after checking it is the same run; a folder with
+    /// no checkpoint starts fresh.
+    pub fn resume(run: Resolved, opts: &RunOptions) -> Result<Self> {
+        let setup = Setup::prepare(&run, opts)?;
+        let start = match setup.existing.last() {
+            Some((_, dir)) => setup.resume_from(&run, &dir.clone())?,
+            None => setup.start_fresh(&run)?,
         };
-        if let Some(g) = &group {
-            g.check_same(config_hash(&run.to_toml()), "the resolved config (rerun every rank with the same config file)")?;
-        }
-        tch::manual_seed(step_seed(cfg.run.seed, u64::MAX, 0));
-        let vs = VarStore::new(device);
-        let model = MdmUNet::new(&vs.root(), &run.model)?;
-        model.apply_freeze(&vs);
-        let diffusion = NestedDiffusion::for_model(&model, &run.model.diffusion(), device)?;
-        let resume_from = if opts.resume { existing.last().map(|(_, p)| p.clone()) } else { None };
-        if resume_from.is_none() {
-            if let Some(p) = &cfg.progressive {
-                grow(&vs, &model, p, quiet)?;
-            }
-        }
-        let working = (cfg.run.precision == Precision::Bf16).then_some(Kind::BFloat16);
-        let mut opt = FlatOptimizer::new(&vs, &cfg.optim, working)?;
-        let mut loader_state = None;
-        let mut samples = 0;
-        match &resume_from {
-            Some(dir) => {
-                let st = checkpoint::read_state(dir)?;
-                check_same_run(dir, &run, st.global_batch, global_batch)?;
-                checkpoint::restore(dir, &vs, &mut opt, &st)?;
-                loader_state = Some(st.loader);
-                samples = st.samples;
-                if lead {
-                    Logger::truncate_after(&out, st.step)?;
-                }
-                if !quiet {
-                    eprintln!("resuming from {} (step {})", dir.display(), st.step);
-                }
-            }
-            None if lead => {
-                mdm_shards::durable::write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
-                Logger::truncate_after(&out, 0)?;
-            }
-            None => {}
-        }
+        Self::assemble(run, opts, setup, start)
+    }
+
+    /// The shared end of both starts: rank 0's state on every rank, the loader, signal
+    /// handlers and logs.
+    fn assemble(run: Resolved, opts: &RunOptions, setup: Setup, start: Start) -> Result<Self> {
+        let Setup { group, rank, world, lead, quiet, device, vs, model, diffusion, global_batch, .. } = setup;
+        let Start { mut opt, loader_state, samples } = start;
+        let cfg = &run.config;
         if let Some(g) = &group {
             // Identical start: rank 0's weights, moments and EMA everywhere.
             let _ng = tch::no_grad_guard();
@@ -278,7 +256,7 @@ impl Trainer {
                 .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
                 .map_err(|source| Error::Io { path: "<signal handler>".into(), source })?;
         }
-        let logger = if lead { Some(Logger::open(&out, quiet, run.frames > 1)?) } else { None };
+        let logger = if lead { Some(Logger::open(&cfg.run.out, quiet, run.frames > 1)?) } else { None };
         if !quiet {
             eprintln!(
                 "model: {} levels {:?}, {} trainable parameters ({} tensors); device {device:?}, {:?}; {} samples per epoch",
@@ -301,6 +279,7 @@ impl Trainer {
                 );
             }
         }
+        let config_toml = config_toml(&run, world, global_batch);
         Ok(Trainer {
             run,
             vs,
@@ -572,6 +551,104 @@ impl Trainer {
             }
         };
         Ok((cond, n))
+    }
+}
+
+/// The resolved config as the run folder keeps it (data-parallel runs: with a line naming the
+/// ranks and the global batch).
+fn config_toml(run: &Resolved, world: usize, global_batch: u64) -> String {
+    let cfg = &run.config;
+    if world > 1 {
+        format!(
+            "# data-parallel: {world} ranks x batch_size {} = global batch {global_batch} (x grad_accum {} per optimizer step)\n{}",
+            cfg.data.batch_size,
+            cfg.data.grad_accum,
+            run.to_toml()
+        )
+    } else {
+        run.to_toml()
+    }
+}
+
+impl Setup {
+    /// Joins the process group, prepares the run folder (rank 0), picks the device and builds
+    /// the model with its seeded initial weights.
+    fn prepare(run: &Resolved, opts: &RunOptions) -> Result<Setup> {
+        let cfg = &run.config;
+        let out = &cfg.run.out;
+        let mut group = match &opts.launch {
+            Some(l) => Some(Group::connect(l, opts.dist_timeout.unwrap_or(DEFAULT_DIST_TIMEOUT))?),
+            None => None,
+        };
+        let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.world));
+        let lead = rank == 0;
+        let quiet = opts.quiet || !lead;
+        if lead {
+            std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.clone(), source })?;
+            checkpoint::clean_partial(out)?;
+        }
+        if let Some(g) = &group {
+            g.barrier("start-up (rank 0 preparing the run folder)")?;
+        }
+        let existing = if out.exists() { checkpoint::list(out)? } else { vec![] };
+        if let Some(t) = cfg.run.threads {
+            tch::set_num_threads(t);
+        }
+        let device = pick_device_for(cfg.run.device, opts.launch.as_ref().map_or(0, |l| l.local_rank))?;
+        if let (Some(g), Device::Cuda(d)) = (&mut group, device) {
+            // NCCL for CUDA tensors unless the user asks for Gloo.
+            if std::env::var("MDM_DIST_BACKEND").map_or(true, |b| b != "gloo") {
+                g.enable_nccl(d)?;
+            }
+        }
+        if let Some(g) = &group {
+            g.check_same(config_hash(&run.to_toml()), "the resolved config (rerun every rank with the same config file)")?;
+        }
+        tch::manual_seed(step_seed(cfg.run.seed, u64::MAX, 0));
+        let vs = VarStore::new(device);
+        let model = MdmUNet::new(&vs.root(), &run.model)?;
+        model.apply_freeze(&vs);
+        let diffusion = NestedDiffusion::for_model(&model, &run.model.diffusion(), device)?;
+        let global_batch = cfg.data.batch_size * world as u64;
+        Ok(Setup { group, rank, world, lead, quiet, device, vs, model, diffusion, existing, global_batch })
+    }
+
+    /// The optimizer over the model's current weights.
+    fn optimizer(&self, run: &Resolved) -> Result<FlatOptimizer> {
+        let working = (run.config.run.precision == Precision::Bf16).then_some(Kind::BFloat16);
+        FlatOptimizer::new(&self.vs, &run.config.optim, working)
+    }
+
+    /// Grows the weights from the lower stage (when configured) before the optimizer copies
+    /// them; rank 0 writes config.toml and empties the logs.
+    fn start_fresh(&self, run: &Resolved) -> Result<Start> {
+        if let Some(p) = &run.config.progressive {
+            grow(&self.vs, &self.model, p, self.quiet)?;
+        }
+        let opt = self.optimizer(run)?;
+        if self.lead {
+            let out = &run.config.run.out;
+            let toml = config_toml(run, self.world, self.global_batch);
+            mdm_shards::durable::write_atomic(&out.join("config.toml"), toml.as_bytes())?;
+            Logger::truncate_after(out, 0)?;
+        }
+        Ok(Start { opt, loader_state: None, samples: 0 })
+    }
+
+    /// Restores checkpoint `dir` into a new optimizer after checking it belongs to this run;
+    /// rank 0 cuts the logs back to its step.
+    fn resume_from(&self, run: &Resolved, dir: &std::path::Path) -> Result<Start> {
+        let mut opt = self.optimizer(run)?;
+        let st = checkpoint::read_state(dir)?;
+        check_same_run(dir, run, st.global_batch, self.global_batch)?;
+        checkpoint::restore(dir, &self.vs, &mut opt, &st)?;
+        if self.lead {
+            Logger::truncate_after(&run.config.run.out, st.step)?;
+        }
+        if !self.quiet {
+            eprintln!("resuming from {} (step {})", dir.display(), st.step);
+        }
+        Ok(Start { opt, loader_state: Some(st.loader), samples: st.samples })
     }
 }
 
