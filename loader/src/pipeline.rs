@@ -192,6 +192,7 @@ pub(crate) fn reader(mut planner: Planner, mut fetcher: Fetcher, cfg: Arc<Config
             return;
         }
         add_time(&shared.reader_backpressure_ns, t);
+        shared.steps_started.fetch_add(1, Relaxed);
         let plan = planner.next_step();
         let (pixels, targets) = StepPixels::new(&plan, cfg.frames(), &pool);
         shared.hold(pixels.bytes());

@@ -21,6 +21,8 @@ pub struct Stats {
     pub consumer_wait: Duration,
     /// Time the reader waited for the consumer (prefetch full: back-pressure).
     pub reader_backpressure: Duration,
+    /// Steps the reader has begun: never more than `prefetch` past the batches yielded.
+    pub steps_started: u64,
     /// Time the reader spent reading row groups and extracting payloads.
     pub reader_io: Duration,
     /// Time the reader waited for a free decode worker.
@@ -43,6 +45,7 @@ pub struct Stats {
 pub(crate) struct Shared {
     pub consumer_wait_ns: AtomicU64,
     pub reader_backpressure_ns: AtomicU64,
+    pub steps_started: AtomicU64,
     pub reader_io_ns: AtomicU64,
     pub reader_wait_workers_ns: AtomicU64,
     pub decode_busy_ns: AtomicU64,
@@ -99,6 +102,7 @@ impl Shared {
             samples_per_sec: samples as f64 / elapsed.as_secs_f64().max(1e-9),
             consumer_wait: t(&self.consumer_wait_ns),
             reader_backpressure: t(&self.reader_backpressure_ns),
+            steps_started: self.steps_started.load(Relaxed),
             reader_io: t(&self.reader_io_ns),
             reader_wait_workers: t(&self.reader_wait_workers_ns),
             decode_busy: t(&self.decode_busy_ns),

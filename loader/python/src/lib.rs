@@ -509,6 +509,7 @@ impl Loader {
         d.set_item("samples_per_sec", s.samples_per_sec)?;
         d.set_item("consumer_wait", s.consumer_wait.as_secs_f64())?;
         d.set_item("reader_backpressure", s.reader_backpressure.as_secs_f64())?;
+        d.set_item("steps_started", s.steps_started)?;
         d.set_item("reader_io", s.reader_io.as_secs_f64())?;
         d.set_item("reader_wait_workers", s.reader_wait_workers.as_secs_f64())?;
         d.set_item("decode_busy", s.decode_busy.as_secs_f64())?;
