@@ -533,3 +533,55 @@ fn clip_input_errors() {
     let e = err(run(&none, &dir, &model));
     assert!(e.contains("no image") && e.contains("gone.png"), "{e}");
 }
+
+// ---- tools/convert_inception.py ----
+
+/// The torch-free converter reads both torch file formats that real torch wrote
+/// (metrics/tests/fixtures/convert, tools/metrics_fixtures/converter.py): every tensor but
+/// `num_batches_tracked`, as f32, equal to what safetensors.torch wrote; the source's sha256
+/// goes into the metadata; a pickled object is refused with a message, not constructed.
+#[test]
+fn inception_converter_reads_both_torch_formats() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fx = root.join("metrics/tests/fixtures/convert");
+    let py = root.join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run scripts/setup.sh", py.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = std::fs::read(fx.join("expected.safetensors")).unwrap();
+    let expected = safetensors::SafeTensors::deserialize(&expected).unwrap();
+    let mut want: Vec<String> = expected.names().into_iter().map(str::to_string).collect();
+    want.sort();
+    assert_eq!(want.len(), 7);
+    for format in ["legacy", "zip"] {
+        let src = fx.join(format!("{format}.pth"));
+        let dst = tmp.path().join(format!("{format}.safetensors"));
+        let out = std::process::Command::new(&py).arg(root.join("tools/convert_inception.py")).arg(&src).arg(&dst).output().unwrap();
+        assert!(out.status.success(), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        let sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(std::fs::read(&src).unwrap()))
+        };
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&sha), "{format}: the printed sha256 is not the source's");
+        let bytes = std::fs::read(&dst).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("source_sha256")), Some(&sha), "{format}");
+        let got = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<String> = got.names().into_iter().map(str::to_string).collect();
+        names.sort();
+        assert_eq!(names, want, "{format}: num_batches_tracked dropped, everything else kept");
+        for name in &want {
+            let (a, b) = (got.tensor(name).unwrap(), expected.tensor(name).unwrap());
+            assert_eq!(a.dtype(), safetensors::Dtype::F32, "{format} {name}");
+            assert_eq!((a.shape(), a.data()), (b.shape(), b.data()), "{format} {name}: values differ from torch's");
+        }
+    }
+    let out = std::process::Command::new(&py)
+        .arg(root.join("tools/convert_inception.py"))
+        .arg(fx.join("refused.pth"))
+        .arg(tmp.path().join("refused.safetensors"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("refusing to unpickle argparse.Namespace"), "{stderr}");
+    assert!(!tmp.path().join("refused.safetensors").exists());
+}
