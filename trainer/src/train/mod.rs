@@ -169,21 +169,28 @@ pub struct Trainer {
     global_batch: u64,
 }
 
-/// What a fresh start and a resume share before the weights are set: the process group, the
-/// device, the model and its run folder's checkpoints.
-struct Setup {
+/// The run folder as every rank sees it once rank 0 has prepared it, and the process group.
+struct Folder {
     group: Option<Group>,
     rank: usize,
     world: usize,
     lead: bool,
     quiet: bool,
+    /// Checkpoints of the run folder, oldest first.
+    existing: Vec<(u64, PathBuf)>,
+}
+
+/// What a fresh start and a resume share before the weights are set: the folder, the device
+/// and the model.
+struct Setup {
+    folder: Folder,
     device: Device,
     vs: VarStore,
     model: MdmUNet,
     diffusion: NestedDiffusion,
-    /// Checkpoints of the run folder, oldest first.
-    existing: Vec<(u64, PathBuf)>,
     global_batch: u64,
+    /// The resolved config as the run folder keeps it ([`config_toml`]).
+    config_toml: String,
 }
 
 /// Where training starts: the loader position and the samples trained so far.
@@ -208,13 +215,14 @@ impl Trainer {
     /// A fresh start: new weights, grown from a lower stage's checkpoint when the config has
     /// `[progressive]`; writes the resolved config into the run folder.
     pub fn fresh(run: Resolved, opts: &RunOptions) -> Result<Self> {
-        let setup = Setup::prepare(&run, opts)?;
-        if !setup.existing.is_empty() {
+        let folder = Folder::open(&run, opts)?;
+        if !folder.existing.is_empty() {
             return Err(Error::Run {
                 path: run.config.run.out.clone(),
                 msg: "the run folder has checkpoints: pass --resume to continue, or choose another run.out".into(),
             });
         }
+        let setup = Setup::build(&run, opts, folder)?;
         let start = setup.start_fresh(&run)?;
         Self::assemble(run, opts, setup, start)
     }
@@ -223,9 +231,9 @@ impl Trainer {
     /// position, logs cut back to its step), after checking it is the same run; a folder with
     /// no checkpoint starts fresh.
     pub fn resume(run: Resolved, opts: &RunOptions) -> Result<Self> {
-        let setup = Setup::prepare(&run, opts)?;
-        let start = match setup.existing.last() {
-            Some((_, dir)) => setup.resume_from(&run, &dir.clone())?,
+        let setup = Setup::build(&run, opts, Folder::open(&run, opts)?)?;
+        let start = match setup.folder.existing.last() {
+            Some((_, dir)) => setup.resume_from(&run, dir)?,
             None => setup.start_fresh(&run)?,
         };
         Self::assemble(run, opts, setup, start)
@@ -234,7 +242,7 @@ impl Trainer {
     /// The shared end of both starts: rank 0's state on every rank, the loader, signal
     /// handlers and logs.
     fn assemble(run: Resolved, opts: &RunOptions, setup: Setup, start: Start) -> Result<Self> {
-        let Setup { group, rank, world, lead, quiet, device, vs, model, diffusion, global_batch, .. } = setup;
+        let Setup { folder: Folder { group, rank, world, lead, quiet, .. }, device, vs, model, diffusion, global_batch, config_toml } = setup;
         let Start { mut opt, loader_state, samples } = start;
         let cfg = &run.config;
         if let Some(g) = &group {
@@ -279,7 +287,6 @@ impl Trainer {
                 );
             }
         }
-        let config_toml = config_toml(&run, world, global_batch);
         Ok(Trainer {
             run,
             vs,
@@ -361,8 +368,7 @@ impl Trainer {
             let batch = self
                 .loader
                 .next()
-                .ok_or_else(|| Error::Batch("the loader stopped".into()))?
-                ?;
+                .ok_or_else(|| Error::Batch("the loader stopped".into()))??;
             let tb = batch::to_tensors(&batch, &self.run.sides, self.run.cond, self.run.frames, self.device)?;
             if self.sample_text.is_none() && matches!(tb.cond, crate::model::Conditioning::Text { .. }) {
                 self.sample_text = Some(tb.cond.narrow(self.run.config.sample.count.min(tb.len() as i64)));
@@ -570,13 +576,12 @@ fn config_toml(run: &Resolved, world: usize, global_batch: u64) -> String {
     }
 }
 
-impl Setup {
-    /// Joins the process group, prepares the run folder (rank 0), picks the device and builds
-    /// the model with its seeded initial weights.
-    fn prepare(run: &Resolved, opts: &RunOptions) -> Result<Setup> {
-        let cfg = &run.config;
-        let out = &cfg.run.out;
-        let mut group = match &opts.launch {
+impl Folder {
+    /// Joins the process group; rank 0 creates the run folder and removes partial
+    /// checkpoints, then every rank lists the checkpoints.
+    fn open(run: &Resolved, opts: &RunOptions) -> Result<Folder> {
+        let out = &run.config.run.out;
+        let group = match &opts.launch {
             Some(l) => Some(Group::connect(l, opts.dist_timeout.unwrap_or(DEFAULT_DIST_TIMEOUT))?),
             None => None,
         };
@@ -591,17 +596,26 @@ impl Setup {
             g.barrier("start-up (rank 0 preparing the run folder)")?;
         }
         let existing = if out.exists() { checkpoint::list(out)? } else { vec![] };
+        Ok(Folder { group, rank, world, lead, quiet, existing })
+    }
+}
+
+impl Setup {
+    /// Picks the device (NCCL for a CUDA group), checks every rank has the same config and
+    /// builds the model with its seeded initial weights.
+    fn build(run: &Resolved, opts: &RunOptions, mut folder: Folder) -> Result<Setup> {
+        let cfg = &run.config;
         if let Some(t) = cfg.run.threads {
             tch::set_num_threads(t);
         }
         let device = pick_device_for(cfg.run.device, opts.launch.as_ref().map_or(0, |l| l.local_rank))?;
-        if let (Some(g), Device::Cuda(d)) = (&mut group, device) {
+        if let (Some(g), Device::Cuda(d)) = (&mut folder.group, device) {
             // NCCL for CUDA tensors unless the user asks for Gloo.
             if std::env::var("MDM_DIST_BACKEND").map_or(true, |b| b != "gloo") {
                 g.enable_nccl(d)?;
             }
         }
-        if let Some(g) = &group {
+        if let Some(g) = &folder.group {
             g.check_same(config_hash(&run.to_toml()), "the resolved config (rerun every rank with the same config file)")?;
         }
         tch::manual_seed(step_seed(cfg.run.seed, u64::MAX, 0));
@@ -609,8 +623,9 @@ impl Setup {
         let model = MdmUNet::new(&vs.root(), &run.model)?;
         model.apply_freeze(&vs);
         let diffusion = NestedDiffusion::for_model(&model, &run.model.diffusion(), device)?;
-        let global_batch = cfg.data.batch_size * world as u64;
-        Ok(Setup { group, rank, world, lead, quiet, device, vs, model, diffusion, existing, global_batch })
+        let global_batch = cfg.data.batch_size * folder.world as u64;
+        let config_toml = config_toml(run, folder.world, global_batch);
+        Ok(Setup { folder, device, vs, model, diffusion, global_batch, config_toml })
     }
 
     /// The optimizer over the model's current weights.
@@ -623,13 +638,12 @@ impl Setup {
     /// them; rank 0 writes config.toml and empties the logs.
     fn start_fresh(&self, run: &Resolved) -> Result<Start> {
         if let Some(p) = &run.config.progressive {
-            grow(&self.vs, &self.model, p, self.quiet)?;
+            grow(&self.vs, &self.model, p, self.folder.quiet)?;
         }
         let opt = self.optimizer(run)?;
-        if self.lead {
+        if self.folder.lead {
             let out = &run.config.run.out;
-            let toml = config_toml(run, self.world, self.global_batch);
-            mdm_shards::durable::write_atomic(&out.join("config.toml"), toml.as_bytes())?;
+            mdm_shards::durable::write_atomic(&out.join("config.toml"), self.config_toml.as_bytes())?;
             Logger::truncate_after(out, 0)?;
         }
         Ok(Start { opt, loader_state: None, samples: 0 })
@@ -642,10 +656,10 @@ impl Setup {
         let st = checkpoint::read_state(dir)?;
         check_same_run(dir, run, st.global_batch, self.global_batch)?;
         checkpoint::restore(dir, &self.vs, &mut opt, &st)?;
-        if self.lead {
+        if self.folder.lead {
             Logger::truncate_after(&run.config.run.out, st.step)?;
         }
-        if !self.quiet {
+        if !self.folder.quiet {
             eprintln!("resuming from {} (step {})", dir.display(), st.step);
         }
         Ok(Start { opt, loader_state: Some(st.loader), samples: st.samples })
