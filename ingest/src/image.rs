@@ -20,7 +20,7 @@ use fast_image_resize as fir;
 use ::image::ImageDecoder;
 
 use crate::rejects::{Reject, RejectReason};
-use crate::settings::{Crop, ImageSettings, SmallPolicy};
+use crate::settings::{Crop, ImageSettings, SmallPolicy, Validated};
 
 /// Result of processing one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +76,7 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, Reject> {
 
 /// Per-thread decoder, resizer and encoder state.
 pub struct Processor {
-    settings: ImageSettings,
+    settings: Validated<ImageSettings>,
     resolutions: Vec<u32>,
     decompressor: turbojpeg::Decompressor,
     compressor: turbojpeg::Compressor,
@@ -91,8 +91,8 @@ pub(crate) struct Rgb {
 }
 
 impl Processor {
-    /// `settings` must have been validated.
-    pub fn new(settings: &ImageSettings) -> Result<Self, turbojpeg::Error> {
+    /// Per-thread state for these settings.
+    pub fn new(settings: &Validated<ImageSettings>) -> Result<Self, turbojpeg::Error> {
         Ok(Processor {
             resolutions: settings.resolutions(),
             settings: settings.clone(),

@@ -33,7 +33,7 @@ use crate::chunks::{ChunkLog, Naming};
 use crate::error::{io, Error};
 use crate::image::Processor;
 use crate::rejects::{Reject, RejectReason, RejectRecord};
-use crate::settings::{ImageSettings, Part, VideoSettings};
+use crate::settings::{ImageSettings, Part, Validated, VideoSettings};
 use crate::video::VideoProcessor;
 use crate::text::{TextSpec, TextStage};
 
@@ -58,23 +58,16 @@ pub struct Input {
     pub payload: Payload,
 }
 
-/// What the workers make of the inputs.
+/// What the workers make of the inputs, under settings already validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Media {
     /// Pictures: one record of JPEGs per input.
-    Image(ImageSettings),
+    Image(Validated<ImageSettings>),
     /// Videos: one record of JPEG frames per clip window.
-    Video(VideoSettings),
+    Video(Validated<VideoSettings>),
 }
 
 impl Media {
-    pub fn validate(&self) -> Result<(), Error> {
-        match self {
-            Media::Image(s) => s.validate(),
-            Media::Video(s) => s.validate(),
-        }
-    }
-
     /// Stored resolutions, largest first.
     pub fn resolutions(&self) -> Vec<u32> {
         match self {
@@ -246,7 +239,6 @@ pub fn run<I>(build: &Build, inputs: I) -> Result<Summary, Error>
 where
     I: Iterator<Item = Result<Input, Error>> + Send,
 {
-    build.media.validate()?;
     let mut text = match &build.text {
         Some(spec) if build.kind.has_text() => Some(TextStage::load(spec)?),
         Some(_) => return Err(Error::Settings("T5 embeddings need a captioned source".into())),

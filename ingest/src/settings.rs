@@ -1,12 +1,35 @@
 //! Build settings: one serde struct per medium ([`ImageSettings`], [`VideoSettings`]), read
-//! from TOML and/or the command line, validated once and stored resolved in the manifest
+//! from TOML and/or the command line, validated once into a [`Validated`] value (the only form
+//! the sources, the pipeline and the processors take) and stored resolved in the manifest
 //! (`settings.image`, `settings.video`).
 
+use std::ops::Deref;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+
+/// Settings that passed their `validate` ([`ImageSettings::validate`],
+/// [`VideoSettings::validate`]), which is the only way to make one: a
+/// `Validated<ImageSettings>` is known to be in range. Read it through `Deref`; it serialises
+/// as the settings themselves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated<T>(T);
+
+impl<T> Deref for Validated<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Serialize> Serialize for Validated<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
 
 /// How the square is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,8 +107,8 @@ impl ImageSettings {
         r
     }
 
-    /// Checks ranges and ordering; call once before a run.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// Checks ranges and ordering: the settings a run can take.
+    pub fn validate(self) -> Result<Validated<Self>, Error> {
         let bad = |m: String| Err(Error::Settings(m));
         if !(8..=8192).contains(&self.resolution) {
             return bad(format!("resolution {} is outside 8..=8192", self.resolution));
@@ -109,7 +132,7 @@ impl ImageSettings {
         if self.shard_inputs == 0 {
             return bad("shard_inputs must be positive".into());
         }
-        Ok(())
+        Ok(Validated(self))
     }
 }
 
@@ -183,8 +206,8 @@ impl VideoSettings {
         f64::from(self.frames) / self.fps
     }
 
-    /// Checks ranges; call once before a run.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// Checks ranges: the settings a run can take.
+    pub fn validate(self) -> Result<Validated<Self>, Error> {
         let bad = |m: String| Err(Error::Settings(m));
         if !(8..=8192).contains(&self.resolution) {
             return bad(format!("resolution {} is outside 8..=8192", self.resolution));
@@ -210,7 +233,7 @@ impl VideoSettings {
         if self.shard_inputs == 0 {
             return bad("shard_inputs must be positive".into());
         }
-        Ok(())
+        Ok(Validated(self))
     }
 }
 
@@ -258,7 +281,7 @@ mod tests {
     fn settings_from_toml_and_validation() {
         let s: ImageSettings = toml::from_str("resolution = 128\nextra_resolutions = [64, 32]\nquality = 80").unwrap();
         assert_eq!(s.resolutions(), vec![128, 64, 32]);
-        s.validate().unwrap();
+        assert_eq!(*s.clone().validate().unwrap(), s);
         assert!(toml::from_str::<ImageSettings>("resoluton = 128").is_err());
         let bad = ImageSettings { extra_resolutions: vec![300], ..Default::default() };
         assert!(bad.validate().is_err());
@@ -267,7 +290,7 @@ mod tests {
         assert!(Part::parse("x").is_err());
         let v: VideoSettings = toml::from_str("frames = 8\nfps = 4.0\nshort = \"loop\"").unwrap();
         assert_eq!((v.frames, v.clip_seconds(), v.short), (8, 2.0, ShortPolicy::Loop));
-        v.validate().unwrap();
+        assert_eq!(serde_json::to_value(v.clone().validate().unwrap()).unwrap(), serde_json::to_value(&v).unwrap());
         assert!(toml::from_str::<VideoSettings>("frame = 8").is_err());
         assert!(VideoSettings { fps: 0.0, ..Default::default() }.validate().is_err());
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use image_common::*;
 use mdm_ingest::image::Processor;
 use mdm_ingest::rejects::{RejectReason, RejectRecord};
-use mdm_ingest::settings::{Crop, ImageSettings, Part, SmallPolicy};
+use mdm_ingest::settings::{Crop, ImageSettings, Part, SmallPolicy, Validated};
 use mdm_ingest::sources::cc12m::{self, Cc12mOptions};
 use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
 use mdm_ingest::sources::RunOptions;
@@ -20,6 +20,11 @@ use mdm_shards::{Body, Manifest, Record, ShardSet};
 
 fn settings() -> ImageSettings {
     ImageSettings { resolution: 64, extra_resolutions: vec![32], shard_inputs: 4, ..ImageSettings::default() }
+}
+
+/// Settings as the sources and processors take them.
+fn valid(s: ImageSettings) -> Validated<ImageSettings> {
+    s.validate().expect("valid settings")
 }
 
 fn run_opts(out: &Path, threads: usize, part: Option<Part>) -> RunOptions {
@@ -57,9 +62,7 @@ fn mean_rgb(j: &[u8], x0: u32, x1: u32) -> [f64; 3] {
 
 #[test]
 fn oddities_decode_to_the_right_pixels() {
-    let s = settings();
-    s.validate().unwrap();
-    let mut p = Processor::new(&s).unwrap();
+    let mut p = Processor::new(&valid(settings())).unwrap();
     // CMYK (Adobe YCCK) red comes out red
     let out = p.process(&cmyk_red_jpeg(80, 80)).unwrap();
     let m = mean_rgb(&out.jpegs[0], 0, 64);
@@ -101,10 +104,10 @@ fn oddities_decode_to_the_right_pixels() {
     // between min_side and R: upscaled, or rejected with small = reject
     assert_eq!(decode(&p.process(&jpeg(40, 50, 1)).unwrap().jpegs[0]).0, 64);
     let strict = ImageSettings { small: SmallPolicy::Reject, ..settings() };
-    assert_eq!(Processor::new(&strict).unwrap().process(&jpeg(40, 50, 1)).unwrap_err().reason, RejectReason::TooSmall);
+    assert_eq!(Processor::new(&valid(strict)).unwrap().process(&jpeg(40, 50, 1)).unwrap_err().reason, RejectReason::TooSmall);
     // keep aspect: shortest side R, crop box = whole source
     let keep = ImageSettings { crop: Crop::KeepAspect, ..settings() };
-    let out = Processor::new(&keep).unwrap().process(&jpeg(128, 64, 1)).unwrap();
+    let out = Processor::new(&valid(keep)).unwrap().process(&jpeg(128, 64, 1)).unwrap();
     assert_eq!(out.crop_box, Some([0, 0, 128, 64]));
     assert_eq!((decode(&out.jpegs[0]).0, decode(&out.jpegs[0]).1), (128, 64));
 }
@@ -115,8 +118,8 @@ fn dct_scaling_stays_close_to_full_decode() {
     let (w, h) = (1024u32, 768u32);
     let px: Vec<u8> = (0..w * h).flat_map(|i| [(i % w * 255 / w) as u8, (i / w * 255 / h) as u8, 128]).collect();
     let big = tj_encode(&px, w, h, turbojpeg::raw::TJPF_TJPF_RGB, turbojpeg::raw::TJSAMP_TJSAMP_420, 0);
-    let fast = Processor::new(&settings()).unwrap().process(&big).unwrap();
-    let slow = Processor::new(&ImageSettings { dct_scaling: false, ..settings() }).unwrap().process(&big).unwrap();
+    let fast = Processor::new(&valid(settings())).unwrap().process(&big).unwrap();
+    let slow = Processor::new(&valid(ImageSettings { dct_scaling: false, ..settings() })).unwrap().process(&big).unwrap();
     let (a, b) = (decode(&fast.jpegs[0]).2, decode(&slow.jpegs[0]).2);
     let mad = a.iter().zip(&b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs()).sum::<f64>() / a.len() as f64;
     assert!(mad < 4.0, "mean abs difference {mad}");
@@ -130,7 +133,7 @@ fn imagenet_train_labels_rejects_and_thread_independence() {
     let (written, reasons) = imagenet_tree(&root);
     let opts = ImagenetOptions { src: root.clone(), split: Split::Train, val_labels: None, synset_order: None };
     let out1 = tmp.path().join("out1");
-    let sum = imagenet::ingest(&opts, &settings(), &run_opts(&out1, 1, None)).unwrap();
+    let sum = imagenet::ingest(&opts, &valid(settings()), &run_opts(&out1, 1, None)).unwrap();
     assert_eq!(sum.stats.written, written);
     let got: Vec<(&str, u64)> = sum.stats.rejected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     assert_eq!(got, reasons);
@@ -159,7 +162,7 @@ fn imagenet_train_labels_rejects_and_thread_independence() {
 
     // three workers: the same bytes
     let out3 = tmp.path().join("out3");
-    imagenet::ingest(&opts, &settings(), &run_opts(&out3, 3, None)).unwrap();
+    imagenet::ingest(&opts, &valid(settings()), &run_opts(&out3, 3, None)).unwrap();
     assert_eq!(snapshot(&out1), snapshot(&out3));
     let report = mdm_shards::verify(&ShardSet::open(&out3).unwrap(), |_| {});
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -172,7 +175,7 @@ fn imagenet_val_flat_and_sorted() {
     imagenet_tree(&root);
     let opts = ImagenetOptions { src: root.clone(), split: Split::Val, val_labels: None, synset_order: None };
     let out = tmp.path().join("val");
-    let sum = imagenet::ingest(&opts, &settings(), &run_opts(&out, 2, None)).unwrap();
+    let sum = imagenet::ingest(&opts, &valid(settings()), &run_opts(&out, 2, None)).unwrap();
     assert_eq!((sum.stats.written, sum.stats.rejected.get("no-label").copied()), (3, Some(1)));
     let recs = records(&out, "manifest.json");
     // LOC_val_solution: image i has wnid i % 3, sorted wnid index = i % 3
@@ -187,10 +190,10 @@ fn imagenet_val_flat_and_sorted() {
     let order = tmp.path().join("order.txt");
     std::fs::write(&order, "n02102040\nn01443537\nn01440764\n").unwrap();
     let o2 = ImagenetOptions { val_labels: Some(gt.clone()), ..opts.clone() };
-    assert!(imagenet::ingest(&o2, &settings(), &run_opts(&tmp.path().join("x"), 1, None)).is_err());
+    assert!(imagenet::ingest(&o2, &valid(settings()), &run_opts(&tmp.path().join("x"), 1, None)).is_err());
     let o3 = ImagenetOptions { val_labels: Some(gt), synset_order: Some(order), ..opts };
     let out3 = tmp.path().join("val3");
-    imagenet::ingest(&o3, &settings(), &run_opts(&out3, 1, None)).unwrap();
+    imagenet::ingest(&o3, &valid(settings()), &run_opts(&out3, 1, None)).unwrap();
     let labels: Vec<Option<i32>> = records(&out3, "manifest.json")
         .iter()
         .map(|r| match &r.body {
@@ -208,10 +211,10 @@ fn imagenet_val_flat_and_sorted() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     std::fs::copy(data.join("meta_compressed.mat"), tmp.path().join("meta.mat")).unwrap();
     let out4 = tmp.path().join("val4");
-    imagenet::ingest(&o2, &settings(), &run_opts(&out4, 1, None)).unwrap();
+    imagenet::ingest(&o2, &valid(settings()), &run_opts(&out4, 1, None)).unwrap();
     let o5 = ImagenetOptions { synset_order: Some(data.join("meta_plain.mat")), ..o2.clone() };
     let out5 = tmp.path().join("val5");
-    imagenet::ingest(&o5, &settings(), &run_opts(&out5, 1, None)).unwrap();
+    imagenet::ingest(&o5, &valid(settings()), &run_opts(&out5, 1, None)).unwrap();
     for out in [&out4, &out5] {
         let got: Vec<Option<i32>> = records(out, "manifest.json")
             .iter()
@@ -296,7 +299,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
     std::fs::write(tars.join("00000_stats.json"), b"{}").unwrap();
     let opts = Cc12mOptions { src: format!("{}/{{00000..00002}}.tar", tars.display()), image_root: None, text: None };
     let full = tmp.path().join("full");
-    let sum = cc12m::ingest(&opts, &settings(), &run_opts(&full, 2, None)).unwrap();
+    let sum = cc12m::ingest(&opts, &valid(settings()), &run_opts(&full, 2, None)).unwrap();
     assert_eq!(sum.stats.written, 15);
     let rej = &sum.stats.rejected;
     assert_eq!(rej.get("not-downloaded"), Some(&2));
@@ -322,7 +325,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
     // a folder of tars is the same input
     let dir_out = tmp.path().join("dir");
     let o = Cc12mOptions { src: tars.display().to_string(), image_root: None, text: None };
-    cc12m::ingest(&o, &settings(), &run_opts(&dir_out, 1, None)).unwrap();
+    cc12m::ingest(&o, &valid(settings()), &run_opts(&dir_out, 1, None)).unwrap();
     assert_eq!(snapshot(&full), snapshot(&dir_out));
 
     // two parts in two folders merge into the full set
@@ -330,7 +333,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
     for i in 0..2 {
         let dir = tmp.path().join(format!("p{i}"));
         let part = Part { index: i, count: 2 };
-        let s = cc12m::ingest(&opts, &settings(), &run_opts(&dir, 1, Some(part))).unwrap();
+        let s = cc12m::ingest(&opts, &valid(settings()), &run_opts(&dir, 1, Some(part))).unwrap();
         let m = Manifest::read(&s.manifest).unwrap();
         assert!(m.shards.iter().all(|e| e.file.starts_with(&part.prefix())));
         parts.push((dir, m));
@@ -349,7 +352,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
     // interrupted run: later sidecars gone, one shard renamed without its sidecar, one half-written
     let crashed = tmp.path().join("crashed");
     let reference = simulate_crash(&full, &crashed);
-    let resumed = cc12m::ingest(&opts, &settings(), &run_opts(&crashed, 2, None)).unwrap();
+    let resumed = cc12m::ingest(&opts, &valid(settings()), &run_opts(&crashed, 2, None)).unwrap();
     assert_eq!(resumed.resumed_chunks, 1);
     let after: BTreeMap<String, Vec<u8>> = snapshot(&crashed).into_iter().filter(|(n, _)| !n.ends_with(".tmp")).collect();
     assert_eq!(after.keys().collect::<Vec<_>>(), reference.keys().collect::<Vec<_>>());
@@ -367,7 +370,7 @@ fn cc12m_tars_table_parts_merge_and_resume() {
     .unwrap();
     let t_out = tmp.path().join("table_out");
     let o = Cc12mOptions { src: tsv.display().to_string(), image_root: Some(imgs), text: None };
-    let s = cc12m::ingest(&o, &settings(), &run_opts(&t_out, 2, None)).unwrap();
+    let s = cc12m::ingest(&o, &valid(settings()), &run_opts(&t_out, 2, None)).unwrap();
     assert_eq!(s.stats.written, 2);
     assert_eq!(s.stats.rejected.get("not-downloaded"), Some(&1));
     assert_eq!(s.stats.rejected.get("read-error"), Some(&1));
@@ -383,8 +386,8 @@ fn resume_refuses_other_settings() {
     imagenet_tree(&root);
     let opts = ImagenetOptions { src: root, split: Split::Train, val_labels: None, synset_order: None };
     let out: PathBuf = tmp.path().join("o");
-    imagenet::ingest(&opts, &settings(), &run_opts(&out, 1, None)).unwrap();
+    imagenet::ingest(&opts, &valid(settings()), &run_opts(&out, 1, None)).unwrap();
     let other = ImageSettings { quality: 50, ..settings() };
-    let err = imagenet::ingest(&opts, &other, &run_opts(&out, 1, None)).unwrap_err().to_string();
+    let err = imagenet::ingest(&opts, &valid(other), &run_opts(&out, 1, None)).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
 }

@@ -6,7 +6,7 @@ mod image_common;
 use std::path::Path;
 
 use image_common::{jpeg, write};
-use mdm_ingest::settings::ImageSettings;
+use mdm_ingest::settings::{ImageSettings, Validated};
 use mdm_ingest::sources::cc12m::{self, Cc12mOptions};
 use mdm_ingest::sources::RunOptions;
 use mdm_ingest::t5::{make_tiny_t5, EncodeOptions, LongCaptions, StorageDtype, T5Device, T5Dtype, TextEncoder};
@@ -25,6 +25,11 @@ const CAPTIONS: [&str; 7] = [
 
 fn settings() -> ImageSettings {
     ImageSettings { resolution: 32, extra_resolutions: vec![], shard_inputs: 4, ..ImageSettings::default() }
+}
+
+/// Settings as the sources and processors take them.
+fn valid(s: ImageSettings) -> Validated<ImageSettings> {
+    s.validate().expect("valid settings")
 }
 
 fn run_opts(out: &Path) -> RunOptions {
@@ -76,7 +81,7 @@ fn inline_embeddings_match_the_encoder_and_carry_provenance() {
     let out = tmp.path().join("out");
     let sp = spec(&model, 128, LongCaptions::Truncate);
     let opts = Cc12mOptions { src: src.clone(), image_root: None, text: Some(sp.clone()) };
-    let sum = cc12m::ingest(&opts, &settings(), &run_opts(&out)).unwrap();
+    let sum = cc12m::ingest(&opts, &valid(settings()), &run_opts(&out)).unwrap();
     assert_eq!((sum.stats.inputs, sum.stats.written), (8, 7));
     assert_eq!(sum.stats.rejected.get("bad-caption"), Some(&1));
     assert_eq!(sum.t5.map(|t| t.encoded), Some(7));
@@ -110,7 +115,7 @@ fn inline_embeddings_match_the_encoder_and_carry_provenance() {
     make_tiny_t5(&other, 12).unwrap();
     std::fs::remove_file(out.join("manifest.json")).unwrap();
     let o = Cc12mOptions { src, image_root: None, text: Some(spec(&other, 128, LongCaptions::Truncate)) };
-    let err = cc12m::ingest(&o, &settings(), &run_opts(&out)).unwrap_err().to_string();
+    let err = cc12m::ingest(&o, &valid(settings()), &run_opts(&out)).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
 }
 
@@ -128,7 +133,7 @@ fn long_captions_rejected_or_truncated_and_counted() {
 
     let out = tmp.path().join("reject");
     let o = Cc12mOptions { src: src.clone(), image_root: None, text: Some(spec(&model, limit, LongCaptions::Reject)) };
-    let s = cc12m::ingest(&o, &settings(), &run_opts(&out)).unwrap();
+    let s = cc12m::ingest(&o, &valid(settings()), &run_opts(&out)).unwrap();
     assert_eq!(s.stats.rejected.get("long-caption"), Some(&long));
     assert_eq!(s.stats.written, 7 - long);
     assert!(s.stats.balanced());
@@ -138,7 +143,7 @@ fn long_captions_rejected_or_truncated_and_counted() {
 
     let out = tmp.path().join("truncate");
     let o = Cc12mOptions { src, image_root: None, text: Some(spec(&model, limit, LongCaptions::Truncate)) };
-    let s = cc12m::ingest(&o, &settings(), &run_opts(&out)).unwrap();
+    let s = cc12m::ingest(&o, &valid(settings()), &run_opts(&out)).unwrap();
     assert_eq!(s.stats.written, 7);
     assert_eq!(s.t5.map(|t| t.truncated), Some(long));
     let recs = records(&out);
@@ -154,10 +159,10 @@ fn embed_an_existing_set_equals_inline_and_resumes() {
     let sp = spec(&model, 128, LongCaptions::Truncate);
 
     let plain = tmp.path().join("plain");
-    cc12m::ingest(&Cc12mOptions { src: src.clone(), image_root: None, text: None }, &settings(), &run_opts(&plain)).unwrap();
+    cc12m::ingest(&Cc12mOptions { src: src.clone(), image_root: None, text: None }, &valid(settings()), &run_opts(&plain)).unwrap();
     assert!(records(&plain).iter().all(|r| r.text.is_none()));
     let inline = tmp.path().join("inline");
-    cc12m::ingest(&Cc12mOptions { src, image_root: None, text: Some(sp.clone()) }, &settings(), &run_opts(&inline)).unwrap();
+    cc12m::ingest(&Cc12mOptions { src, image_root: None, text: Some(sp.clone()) }, &valid(settings()), &run_opts(&inline)).unwrap();
 
     let out = tmp.path().join("embedded");
     let s = embed_shards(&plain, &out, &sp, false).unwrap();

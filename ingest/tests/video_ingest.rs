@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mdm_ingest::rejects::{RejectReason, RejectRecord};
-use mdm_ingest::settings::{Part, ShortPolicy, VideoSettings};
+use mdm_ingest::settings::{Part, ShortPolicy, Validated, VideoSettings};
 use mdm_ingest::sources::webvid::{self, WebvidOptions, WebvidSource};
 use mdm_ingest::sources::RunOptions;
 use mdm_ingest::video::{plan_clips, Clip, VideoProcessor};
@@ -21,6 +21,11 @@ use resume_common::{simulate_crash, snapshot};
 /// 6 frames at 4 fps: a clip spans 1.5 s. Small frames keep the suite fast.
 fn settings() -> VideoSettings {
     VideoSettings { frames: 6, fps: 4.0, resolution: 32, min_side: 16, shard_inputs: 3, ..VideoSettings::default() }
+}
+
+/// Settings as the sources and processors take them.
+fn valid(s: VideoSettings) -> Validated<VideoSettings> {
+    s.validate().expect("valid settings")
 }
 
 fn run_opts(out: &Path, threads: usize, part: Option<Part>) -> RunOptions {
@@ -126,8 +131,7 @@ fn codecs_rates_rotation_aspect_and_rejects() {
     let dir = tmp.path().join("videos");
     make_videos(&dir);
     let s = settings();
-    s.validate().unwrap();
-    let mut p = VideoProcessor::new(&s).unwrap();
+    let mut p = VideoProcessor::new(&valid(s.clone())).unwrap();
     let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
     let check_frames = |clip: &Clip| {
         for f in &clip.frames {
@@ -194,7 +198,7 @@ fn codecs_rates_rotation_aspect_and_rejects() {
     // too short: rejected, or looped with wrapping timestamps
     assert_eq!(p.process(&read("short.mp4"), "short").unwrap_err().reason, RejectReason::TooShort);
     let looped = VideoSettings { short: ShortPolicy::Loop, ..settings() };
-    let out = VideoProcessor::new(&looped).unwrap().process(&read("short.mp4"), "short").unwrap();
+    let out = VideoProcessor::new(&valid(looped)).unwrap().process(&read("short.mp4"), "short").unwrap();
     let ts = &out.clips[0].timestamps;
     assert_eq!(ts.len(), 6);
     assert!(ts.iter().all(|&t| (0.0..0.5).contains(&t)) && ts.windows(2).any(|w| w[1] < w[0]), "looped: {ts:?}");
@@ -212,12 +216,11 @@ fn codecs_rates_rotation_aspect_and_rejects() {
     }
     // the per-video time limit
     let hurried = VideoSettings { timeout_secs: 1e-9, ..settings() };
-    let r = VideoProcessor::new(&hurried).unwrap().process(&read("h264_25.mp4"), "x").unwrap_err();
+    let r = VideoProcessor::new(&valid(hurried)).unwrap().process(&read("h264_25.mp4"), "x").unwrap_err();
     assert_eq!(r.reason, RejectReason::Timeout, "{}", r.detail);
     // a limit beyond the clock's range is no limit (and no panic)
     let patient = VideoSettings { timeout_secs: 1e300, ..settings() };
-    patient.validate().unwrap();
-    assert!(VideoProcessor::new(&patient).unwrap().process(&read("h264_25.mp4"), "x").is_ok());
+    assert!(VideoProcessor::new(&valid(patient)).unwrap().process(&read("h264_25.mp4"), "x").is_ok());
 }
 
 /// The WebVid CSV over the test videos, some under page_dir, some missing.
@@ -259,7 +262,7 @@ fn webvid_csv_threads_parts_merge_and_resume() {
     let (csv, videos) = webvid_csv(tmp.path());
     let opts = WebvidOptions { source: WebvidSource::Csv { csv, videos }, text: None };
     let full = tmp.path().join("full");
-    let sum = webvid::ingest(&opts, &settings(), &run_opts(&full, 3, None)).unwrap();
+    let sum = webvid::ingest(&opts, &valid(settings()), &run_opts(&full, 3, None)).unwrap();
     assert_eq!(sum.stats.inputs, 14);
     assert_eq!(sum.stats.written, 6, "{sum}");
     let rej = &sum.stats.rejected;
@@ -293,7 +296,7 @@ fn webvid_csv_threads_parts_merge_and_resume() {
 
     // the output does not depend on the thread count
     let one = tmp.path().join("one");
-    webvid::ingest(&opts, &settings(), &run_opts(&one, 1, None)).unwrap();
+    webvid::ingest(&opts, &valid(settings()), &run_opts(&one, 1, None)).unwrap();
     assert!(snapshot(&one) == snapshot(&full), "1 thread and 3 threads differ");
 
     // two parts merge into the full set
@@ -301,7 +304,7 @@ fn webvid_csv_threads_parts_merge_and_resume() {
     for i in 0..2 {
         let dir = tmp.path().join(format!("p{i}"));
         let part = Part { index: i, count: 2 };
-        let s = webvid::ingest(&opts, &settings(), &run_opts(&dir, 2, Some(part))).unwrap();
+        let s = webvid::ingest(&opts, &valid(settings()), &run_opts(&dir, 2, Some(part))).unwrap();
         parts.push((dir, Manifest::read(&s.manifest).unwrap()));
     }
     let merged_dir = tmp.path().join("merged");
@@ -318,7 +321,7 @@ fn webvid_csv_threads_parts_merge_and_resume() {
     // interrupted run: chunk 0 finished, chunk 1's shard renamed without its sidecar, chunk 2 half-written
     let crashed = tmp.path().join("crashed");
     let reference = simulate_crash(&full, &crashed);
-    let resumed = webvid::ingest(&opts, &settings(), &run_opts(&crashed, 2, None)).unwrap();
+    let resumed = webvid::ingest(&opts, &valid(settings()), &run_opts(&crashed, 2, None)).unwrap();
     assert_eq!(resumed.resumed_chunks, 1);
     let after: BTreeMap<String, Vec<u8>> = snapshot(&crashed).into_iter().filter(|(n, _)| !n.ends_with(".tmp")).collect();
     assert_eq!(after.keys().collect::<Vec<_>>(), reference.keys().collect::<Vec<_>>());
@@ -326,7 +329,7 @@ fn webvid_csv_threads_parts_merge_and_resume() {
 
     // other settings are refused on resume
     let other = VideoSettings { fps: 3.0, ..settings() };
-    let err = webvid::ingest(&opts, &other, &run_opts(&crashed, 1, None)).unwrap_err().to_string();
+    let err = webvid::ingest(&opts, &valid(other), &run_opts(&crashed, 1, None)).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
 }
 
@@ -355,7 +358,7 @@ fn video2dataset_tars_and_clips_per_video() {
     let two = VideoSettings { clips_per_video: 2, ..settings() };
     let opts = WebvidOptions { source: WebvidSource::Webdataset(format!("{}/{{00000..00001}}.tar", tars.display())), text: None };
     let out = tmp.path().join("out");
-    let sum = webvid::ingest(&opts, &two, &run_opts(&out, 2, None)).unwrap();
+    let sum = webvid::ingest(&opts, &valid(two), &run_opts(&out, 2, None)).unwrap();
     // inputs are videos: 2 written (4 clips) + 1 without a video
     assert_eq!((sum.stats.inputs, sum.stats.written), (3, 2), "{sum}");
     assert_eq!(sum.stats.rejected.get("missing-video"), Some(&1));

@@ -67,7 +67,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
     println!("\n2. $ mdm ingest imagenet --src {} --split train --resolution 64 --extra-resolution 32", src.display());
     let shards = out.join("shards/imagenet");
-    let settings = ImageSettings { resolution: 64, extra_resolutions: vec![32], ..ImageSettings::default() };
+    let settings = ImageSettings { resolution: 64, extra_resolutions: vec![32], ..ImageSettings::default() }.validate()?;
     let run = IngestRun { out: shards.clone(), threads: 0, part: None, progress: false };
     let opts = ImagenetOptions { src: src.clone(), split: Split::Train, val_labels: None, synset_order: None };
     let summary = imagenet::ingest(&opts, &settings, &run).context("demo ingest")?;
@@ -151,7 +151,7 @@ fn video(out: &Path, steps: u64, sample_opts: &SampleOptions) -> Result<bool> {
 
     let shards = out.join("shards/webvid");
     println!("\n8. $ mdm ingest webvid --csv {} --videos {} --frames 4 --fps 4 --resolution 32 --clips-per-video 4 --t5 {}", table.display(), videos.display(), t5.display());
-    let settings = VideoSettings { frames: 4, fps: 4.0, resolution: 32, clips_per_video: 4, ..VideoSettings::default() };
+    let settings = VideoSettings { frames: 4, fps: 4.0, resolution: 32, clips_per_video: 4, ..VideoSettings::default() }.validate()?;
     let run = IngestRun { out: shards.clone(), threads: 0, part: None, progress: false };
     let options = EncodeOptions { device: T5Device::Cpu, ..EncodeOptions::default() };
     let text = TextSpec { model_dir: t5.clone(), options, storage: StorageDtype::F16 };

@@ -1,15 +1,15 @@
 //! `mdm ingest imagenet|cc12m|webvid`: datasets as users have them on disk → shards.
 //!
 //! Settings come from `--config FILE.toml` (keys of `mdm_ingest::settings::ImageSettings`, or
-//! `VideoSettings` for webvid) and are overridden by the flags given; the resolved settings go
-//! into the manifest.
+//! `VideoSettings` for webvid) and are overridden by the flags given, then validated once (into
+//! `Validated<_>`, what the sources take); the resolved settings go into the manifest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use mdm_ingest::settings::{Crop, ImageSettings, Part, ShortPolicy, SmallPolicy, VideoSettings};
+use mdm_ingest::settings::{Crop, ImageSettings, Part, ShortPolicy, SmallPolicy, Validated, VideoSettings};
 use mdm_ingest::sources::cc12m::{self, Cc12mOptions};
 use mdm_ingest::sources::imagenet::{self, ImagenetOptions, Split};
 use mdm_ingest::sources::webvid::{self, WebvidOptions, WebvidSource};
@@ -198,7 +198,7 @@ pub struct VideoArgs {
 }
 
 impl VideoArgs {
-    fn resolve(&self) -> Result<(VideoSettings, RunOptions)> {
+    fn resolve(&self) -> Result<(Validated<VideoSettings>, RunOptions)> {
         let mut s = match &self.run.config {
             Some(p) => VideoSettings::from_toml_file(p)?,
             None => VideoSettings::default(),
@@ -229,8 +229,7 @@ impl VideoArgs {
         if let Some(n) = self.run.shard_inputs {
             s.shard_inputs = n;
         }
-        s.validate()?;
-        Ok((s, self.run.options()?))
+        Ok((s.validate()?, self.run.options()?))
     }
 }
 
@@ -251,7 +250,7 @@ impl T5Args {
 }
 
 impl Common {
-    fn resolve(&self) -> Result<(ImageSettings, RunOptions)> {
+    fn resolve(&self) -> Result<(Validated<ImageSettings>, RunOptions)> {
         let mut s = match &self.run.config {
             Some(p) => ImageSettings::from_toml_file(p)?,
             None => ImageSettings::default(),
@@ -280,8 +279,7 @@ impl Common {
         if let Some(n) = self.run.shard_inputs {
             s.shard_inputs = n;
         }
-        s.validate()?;
-        Ok((s, self.run.options()?))
+        Ok((s.validate()?, self.run.options()?))
     }
 }
 

@@ -26,7 +26,7 @@ use super::RunOptions;
 use crate::error::{io, Error};
 use crate::pipeline::{self, Build, Input, Media, Payload, Summary};
 use crate::rejects::{normalize_caption, Reject, RejectReason};
-use crate::settings::ImageSettings;
+use crate::settings::{ImageSettings, Validated};
 
 /// Where the data is.
 #[derive(Debug, Clone)]
@@ -43,8 +43,7 @@ pub struct Cc12mOptions {
 const IMAGES: SampleKind = SampleKind { exts: &["jpg", "jpeg", "png", "webp"], what: "image", missing: RejectReason::MissingImage };
 
 /// Scans and ingests.
-pub fn ingest(opts: &Cc12mOptions, settings: &ImageSettings, run: &RunOptions) -> Result<Summary, Error> {
-    settings.validate()?;
+pub fn ingest(opts: &Cc12mOptions, settings: &Validated<ImageSettings>, run: &RunOptions) -> Result<Summary, Error> {
     let src = Path::new(&opts.src);
     let ext = src.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     let ms = serde_json::json!({ "source": "cc12m", "image": settings });

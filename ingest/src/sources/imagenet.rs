@@ -24,7 +24,7 @@ use super::RunOptions;
 use crate::error::{io, Error};
 use crate::pipeline::{self, Build, Input, Media, Payload, Summary};
 use crate::rejects::{Reject, RejectReason};
-use crate::settings::ImageSettings;
+use crate::settings::{ImageSettings, Validated};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -197,8 +197,7 @@ struct FileInput {
 }
 
 /// Scans and ingests.
-pub fn ingest(opts: &ImagenetOptions, settings: &ImageSettings, run: &RunOptions) -> Result<Summary, Error> {
-    settings.validate()?;
+pub fn ingest(opts: &ImagenetOptions, settings: &Validated<ImageSettings>, run: &RunOptions) -> Result<Summary, Error> {
     let src = &opts.src;
     if src.is_file() && src.extension().is_some_and(|e| e == "tar") {
         if opts.split != Split::Train {
@@ -287,7 +286,7 @@ pub fn ingest(opts: &ImagenetOptions, settings: &ImageSettings, run: &RunOptions
 
 fn build_for(
     opts: &ImagenetOptions,
-    settings: &ImageSettings,
+    settings: &Validated<ImageSettings>,
     run: &RunOptions,
     classes: Vec<ClassInfo>,
     total: Option<u64>,
@@ -298,7 +297,7 @@ fn build_for(
 }
 
 /// The original `ILSVRC2012_img_train.tar`: a tar of `<wnid>.tar`, each a tar of JPEGs.
-fn ingest_train_tar(opts: &ImagenetOptions, settings: &ImageSettings, run: &RunOptions) -> Result<Summary, Error> {
+fn ingest_train_tar(opts: &ImagenetOptions, settings: &Validated<ImageSettings>, run: &RunOptions) -> Result<Summary, Error> {
     let tar_path = opts.src.clone();
     let parent = tar_path.parent().map(Path::to_path_buf).unwrap_or_default();
     let names = match find_near(&[parent.as_path()], SYNSET_MAPPING) {

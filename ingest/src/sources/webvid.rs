@@ -26,7 +26,7 @@ use super::RunOptions;
 use crate::error::{io, Error};
 use crate::pipeline::{self, Build, Input, Media, Payload, Summary};
 use crate::rejects::{normalize_caption, Reject, RejectReason};
-use crate::settings::VideoSettings;
+use crate::settings::{Validated, VideoSettings};
 use crate::text::TextSpec;
 
 /// Where the videos are.
@@ -53,8 +53,7 @@ pub const VIDEO_EXTS: [&str; 4] = ["mp4", "webm", "mkv", "mov"];
 const VIDEOS: SampleKind = SampleKind { exts: &VIDEO_EXTS, what: "video", missing: RejectReason::MissingVideo };
 
 /// Scans and ingests.
-pub fn ingest(opts: &WebvidOptions, settings: &VideoSettings, run: &RunOptions) -> Result<Summary, Error> {
-    settings.validate()?;
+pub fn ingest(opts: &WebvidOptions, settings: &Validated<VideoSettings>, run: &RunOptions) -> Result<Summary, Error> {
     let ms = serde_json::json!({ "source": "webvid", "video": settings });
     let build = run.build(RecordKind::Video, Media::Video(settings.clone()), ms, opts.text.clone());
     match &opts.source {

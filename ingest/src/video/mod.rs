@@ -43,7 +43,7 @@ use ffmpeg_next as ff;
 use crate::error::Error;
 use crate::image::{encode_jpeg, jpeg_compressor, orient, resize_region};
 use crate::rejects::{Reject, RejectReason};
-use crate::settings::VideoSettings;
+use crate::settings::{Validated, VideoSettings};
 use ffmpeg::{open_decoder, probe, read_packet_of, read_window, set_skip_nonref, MemInput, Next, StreamInfo, Sws};
 pub use plan::{bmff_truncated, plan_clips, TAIL_SLACK};
 use plan::Picker;
@@ -72,7 +72,7 @@ pub struct Processed {
 
 /// Per-thread decoder-side state: JPEG encoder, resizer, colour converter.
 pub struct VideoProcessor {
-    settings: VideoSettings,
+    settings: Validated<VideoSettings>,
     compressor: turbojpeg::Compressor,
     resizer: fast_image_resize::Resizer,
     sws: Sws,
@@ -87,8 +87,8 @@ pub(crate) fn quiet_ffmpeg() {
 }
 
 impl VideoProcessor {
-    /// `settings` must have been validated.
-    pub fn new(settings: &VideoSettings) -> Result<Self, Error> {
+    /// Per-thread state for these settings.
+    pub fn new(settings: &Validated<VideoSettings>) -> Result<Self, Error> {
         quiet_ffmpeg();
         Ok(VideoProcessor {
             settings: settings.clone(),
