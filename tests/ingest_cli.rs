@@ -1,7 +1,7 @@
 //! `mdm ingest` end to end through the binary: ingest an ILSVRC-shaped tree made here →
 //! `mdm shards verify` passes → `inspect` shows the reject counts; `--part` + `shards merge`;
-//! and a run killed with SIGKILL then rerun gives the same bytes as an uninterrupted run —
-//! for ImageNet and for WebVid videos.
+//! and a run killed with SIGKILL mid-run (at a pause of the pipeline's test hook) then rerun
+//! gives the same bytes as an uninterrupted run — for ImageNet and for WebVid videos.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -36,21 +36,39 @@ fn tree(root: &Path, n: u32, side: u32) {
     put(&root.join("train/n01443537/n01443537_trunc.JPEG"), &j[..j.len() / 3]);
 }
 
-/// Runs `mdm ARGS` writing to `killed`, SIGKILLs it as soon as its first chunk is complete (or
-/// after 60 s), reruns it, and asserts the result equals the uninterrupted run in `reference`.
-fn kill_9_then_rerun(killed: &Path, reference: &Path, args: &[String]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mdm")).args(args).spawn().expect("spawn");
+/// Runs `mdm ARGS` writing to `killed` under the pipeline's test hook, which blocks the run
+/// once it has sealed `chunks` chunks (fewer than the run has), and SIGKILLs it there: always
+/// mid-run. Checks that it left those chunks and no manifest, reruns it (without the hook), and
+/// asserts that the rerun kept them and gives the same bytes as the uninterrupted run in
+/// `reference`.
+fn kill_9_then_rerun(killed: &Path, reference: &Path, args: &[String], chunks: u64) {
+    let sidecar = |k: u64| killed.join(format!("shard-{k:05}.chunk.json"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mdm"))
+        .args(args)
+        .env(mdm_ingest::pipeline::TEST_PAUSE_AFTER_CHUNKS, chunks.to_string())
+        .spawn()
+        .expect("spawn");
     let start = Instant::now();
-    while !killed.join("shard-00000.chunk.json").exists() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let paused = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Err(format!("the run ended ({status}) before its pause"));
+        }
+        if sidecar(chunks - 1).exists() {
+            break Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            break Err("no pause within 120 s".to_string());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    let was_complete = killed.join("manifest.json").exists();
-    let text = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    if !was_complete {
-        assert!(text.contains("kept from an earlier run"), "{text}");
+    if let Err(e) = paused {
+        panic!("{e}");
     }
+    assert!(!killed.join("manifest.json").exists() && !sidecar(chunks).exists(), "the run went on past its pause");
+    let text = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(text.contains(&format!("; {chunks} chunks kept from an earlier run")), "{text}");
     assert!(snapshot(killed) == snapshot(reference), "resumed output differs from the uninterrupted run");
 }
 
@@ -121,7 +139,7 @@ fn ingest_verify_inspect_parts_merge() {
 fn kill_9_then_rerun_is_byte_identical() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path().join("imagenet");
-    tree(&root, 48, 400);
+    tree(&root, 12, 160);
     let src = root.to_str().expect("utf8");
     let args = |out: &str| -> Vec<String> {
         ["ingest", "imagenet", "--src", src, "--split", "train", "--out", out, "--threads", "1", "--shard-inputs", "3", "--quiet", "--resolution", "128"]
@@ -135,7 +153,7 @@ fn kill_9_then_rerun_is_byte_identical() {
 
     let killed = tmp.path().join("killed");
     let k = args(killed.to_str().expect("utf8"));
-    kill_9_then_rerun(&killed, &reference, &k);
+    kill_9_then_rerun(&killed, &reference, &k, 2);
 }
 
 /// `mdm make-tiny-t5` → `mdm ingest cc12m --t5` embeds inline; `mdm embed` on a plain ingest of
@@ -190,7 +208,7 @@ fn cc12m_with_t5_inline_and_embed() {
 }
 
 /// `mdm ingest webvid`: the CSV + videos folder (settings from TOML, flags over them) →
-/// verify/inspect; a run killed with SIGKILL after its first chunk, rerun, gives the same bytes.
+/// verify/inspect; a run killed with SIGKILL after its third chunk, rerun, gives the same bytes.
 #[test]
 fn webvid_csv_config_verify_and_kill_9() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -234,7 +252,7 @@ fn webvid_csv_config_verify_and_kill_9() {
 
     let killed = tmp.path().join("killed");
     let k = args(&killed);
-    kill_9_then_rerun(&killed, &reference, &k);
+    kill_9_then_rerun(&killed, &reference, &k, 3);
 
     // --t5 inline with two clips per video: a caption over the token limit rejects its video
     // (both clips, one reject line under the video id)

@@ -234,6 +234,36 @@ impl OpenChunk {
     }
 }
 
+/// Test hook, not for normal use: with `MDM_TEST_PAUSE_AFTER_CHUNKS=N` (N ≥ 1) in its
+/// environment, a run blocks forever once it has sealed N chunks, before anything else is
+/// written, so that a test can SIGKILL it at a known point (`tests/ingest_cli.rs`). Read once
+/// per run, when its writer starts; unset, or not a positive number, it changes nothing.
+#[doc(hidden)]
+pub const TEST_PAUSE_AFTER_CHUNKS: &str = "MDM_TEST_PAUSE_AFTER_CHUNKS";
+
+/// The state of the [`TEST_PAUSE_AFTER_CHUNKS`] hook in one run.
+struct TestPause {
+    after: Option<u64>,
+    sealed: u64,
+}
+
+impl TestPause {
+    fn from_env() -> Self {
+        let after = std::env::var(TEST_PAUSE_AFTER_CHUNKS).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0);
+        TestPause { after, sealed: 0 }
+    }
+
+    /// Counts one sealed chunk; blocks forever at the N-th.
+    fn sealed_one(&mut self) {
+        self.sealed += 1;
+        if self.after == Some(self.sealed) {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
 /// Runs a build over `inputs` (this part's, in order). Errors of the iterator stop the run.
 pub fn run<I>(build: &Build, inputs: I) -> Result<Summary, Error>
 where
@@ -422,6 +452,7 @@ fn write_ordered(
     tokens: Sender<()>,
     bar: &ProgressBar,
 ) -> Result<(), Error> {
+    let mut pause = TestPause::from_env();
     let n = build.media.shard_inputs();
     let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
     let mut next = first_seq;
@@ -448,6 +479,7 @@ fn write_ordered(
             if next % n == n - 1 {
                 if let Some(c) = chunk.take() {
                     close_chunk(build, c, text)?;
+                    pause.sealed_one();
                 }
             }
             next += 1;
@@ -457,6 +489,7 @@ fn write_ordered(
     }
     if let Some(c) = chunk.take() {
         close_chunk(build, c, text)?;
+        pause.sealed_one();
     }
     Ok(())
 }
