@@ -130,8 +130,8 @@ fn main() {
     }
     let cond = match cfg.num_classes {
         Some(n) => Conditioning::Class(Tensor::randint(n, [a.batch], (Kind::Int64, a.device))),
-        None if inner.input_cond_dim > 0 => Conditioning::Text {
-            tokens: Tensor::randn([a.batch, a.tokens, inner.input_cond_dim], (Kind::Float, a.device)),
+        None if inner.text.is_some() => Conditioning::Text {
+            tokens: Tensor::randn([a.batch, a.tokens, inner.text.map_or(0, |t| t.input_dim)], (Kind::Float, a.device)),
             mask: Tensor::ones([a.batch, a.tokens], (Kind::Float, a.device)),
         },
         None => Conditioning::None,

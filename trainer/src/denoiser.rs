@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::diffusion::{LossTerms, NestedDiffusion};
 use crate::error::{Error, Result};
-use crate::model::{cfg_dropout_with, Conditioning, MdmUNet, Micros};
+use crate::model::{cfg_dropout_with, Conditioning, MdmUNet, ModelInput, Trace};
 
 /// One micro-batch on the device.
 #[derive(Debug)]
@@ -128,7 +128,8 @@ impl<'a> Denoiser<'a> {
         let mut inputs = self.diffusion.inputs_grouped_with(&batch.groups, &time, Some(noise))?;
         inputs.shares = opts.shares.clone();
         let x = self.diffusion.model_inputs(&inputs);
-        let preds = self.model.forward_frames(&x, &draws.time, &cond, &Micros::new(), true, batch.frames)?;
+        let input = ModelInput::new(&x, &draws.time, &cond).with_frames(batch.frames);
+        let preds = self.model.forward(&input, true, &mut Trace::off())?;
         self.diffusion.loss(&inputs, &preds)
     }
 }

@@ -25,7 +25,7 @@
 //! figures (e.g. PaLM's appendix B). It does not discount frozen levels
 //! (`freeze_inner_unet`) or the input gradient `conv_in` does not need.
 
-use crate::config::{LevelSpec, ModelConfig};
+use crate::config::{LevelSpec, ModelConfig, Resample};
 use crate::error::{Error, Result};
 use crate::config::TEMPORAL_HEAD_CHANNELS;
 
@@ -120,8 +120,8 @@ pub fn forward_flops(cfg: &ModelConfig, sides: &[i64], batch: &[i64], tokens: i6
     let mut i = 0;
     while let Some(s) = level {
         let side = sides[i];
-        let n = s.resolution_channels.len();
-        let f = 1i64 << (n - 1);
+        let n = s.resolutions.len();
+        let f = s.downsampling();
         if side <= 0 || side % f != 0 {
             return Err(Error::input(format!("level {i}: side {side} is not a positive multiple of {f}")));
         }
@@ -135,8 +135,8 @@ pub fn forward_flops(cfg: &ModelConfig, sides: &[i64], batch: &[i64], tokens: i6
                     i + 1
                 )));
             }
-            let last = s.resolution_channels[n - 1] as u128;
-            let inner_ch = ns.inner.resolution_channels[0] as u128;
+            let last = s.resolutions[n - 1].channels as u128;
+            let inner_ch = ns.inner.resolutions[0].channels as u128;
             let px = (low * low) as u128;
             if ns.in_adapter {
                 fl.conv += 2 * last * inner_ch * 9 * px * (batch[i] * frames) as u128;
@@ -147,7 +147,7 @@ pub fn forward_flops(cfg: &ModelConfig, sides: &[i64], batch: &[i64], tokens: i6
             fl.add(&conditioning_flops(s, clips, tokens));
         }
         levels.push(fl);
-        level = s.nested.as_ref().map(|n| n.inner.as_ref());
+        level = s.inner();
         i += 1;
     }
     Ok(FlopCount { levels })
@@ -165,15 +165,15 @@ fn conv(cin: i64, cout: i64, k: i64, out_side: i64, rows: i64) -> u128 {
 /// The innermost level's text conditioning (`forward_conditioning`), per clip.
 fn conditioning_flops(s: &LevelSpec, clips: i64, tokens: i64) -> Flops {
     let mut fl = Flops::default();
-    if !s.has_cond_emb || tokens == 0 {
+    let Some(t) = s.text.filter(|t| t.cond_emb && tokens > 0) else {
         return fl;
-    }
-    let d = s.cond_dim;
+    };
+    let d = t.dim;
     let rows = clips * tokens;
-    if s.has_lm_proj {
-        fl.linear += lin(s.input_cond_dim, d, rows);
+    if t.lm_proj {
+        fl.linear += lin(t.input_dim, d, rows);
     }
-    for _ in 0..s.lm_head_layers {
+    for _ in 0..t.lm_head_layers {
         fl.linear += lin(d, 3 * d, rows) + lin(d, d, rows) + lin(d, 4 * d, rows) + lin(4 * d, d, rows);
         fl.attention += 4 * (tokens * tokens) as u128 * d as u128 * clips as u128;
     }
@@ -191,76 +191,50 @@ fn level_flops(s: &LevelSpec, side: i64, rows: i64, clips: i64, tokens: i64, fra
     let mlp = lin(td / 4, td, clips) + lin(td, td, clips);
     fl.linear += mlp * (1 + s.micros.len() as u128);
 
-    let rc = &s.resolution_channels;
-    let n = rc.len();
-    let mut ch = rc[0];
-    fl.conv += conv(cin, ch, 3, side, rows);
-    let block = |fl: &mut Flops, chans: &[(i64, i64)], side: i64, attn: i64, cond_dim: i64, tl: i64| {
-        for &(ci, co) in chans {
-            fl.conv += conv(ci, co, 3, side, rows) + conv(co, co, 3, side, rows);
+    fl.conv += conv(cin, s.resolutions[0].channels, 3, side, rows);
+    // The blocks UNetLevel::new builds, skip widths included.
+    let blocks = s.blocks();
+    let mid = blocks.mid.iter().flatten();
+    for b in blocks.down.iter().chain(mid).chain(&blocks.up) {
+        let si = side >> b.resolution;
+        for &(ci, co) in &b.channels {
+            fl.conv += conv(ci, co, 3, si, rows) + conv(co, co, 3, si, rows);
             if ci != co {
-                fl.conv += conv(ci, co, 1, side, rows);
+                fl.conv += conv(ci, co, 1, si, rows);
             }
             fl.linear += lin(td, 2 * co, rows);
-            for _ in 0..attn {
-                fl.add(&attention_flops(co, side, rows, cond_dim, tokens, s.attention_ffn));
+            if let Some(a) = b.attention {
+                for _ in 0..a.layers {
+                    fl.add(&attention_flops(co, si, rows, a.cross, tokens, a.ffn));
+                }
             }
-            for _ in 0..tl {
-                fl.add(&temporal_flops(co, side, rows, frames));
+            if let Some(t) = b.temporal {
+                for _ in 0..t.layers {
+                    fl.add(&temporal_flops(co, si, rows, frames));
+                }
             }
         }
-    };
-    let attn_cond = |i: usize| if s.attention_layers[i] > 0 { s.cond_dim } else { -1 };
-
-    // The same walk as UNetLevel::new, skip widths included.
-    let mut skip_ch = vec![ch];
-    #[allow(clippy::needless_range_loop)]
-    for i in 0..n {
-        let si = side >> i;
-        let mut chans = vec![];
-        for _ in 0..s.num_resnets[i] {
-            chans.push((ch, rc[i]));
-            skip_ch.push(rc[i]);
-            ch = rc[i];
-        }
-        block(&mut fl, &chans, si, s.attention_layers[i], attn_cond(i), s.temporal_layers[i]);
-        if i != n - 1 {
-            skip_ch.push(ch);
-            fl.conv += conv(ch, ch, 3, si / 2, rows);
+        let ch = b.channels.last().map_or(0, |c| c.1);
+        match b.resample {
+            Resample::None => {}
+            Resample::Down => fl.conv += conv(ch, ch, 3, si / 2, rows),
+            Resample::Up => fl.conv += conv(ch, ch, 3, 2 * si, rows),
         }
     }
-    if s.mid_blocks {
-        let low = side >> (n - 1);
-        block(&mut fl, &[(ch, ch)], low, 1, s.cond_dim, 0);
-        block(&mut fl, &[(ch, ch)], low, 0, -1, 0);
-    }
-    for i in (0..n).rev() {
-        let si = side >> i;
-        let mut chans = vec![];
-        for _ in 0..=s.num_resnets[i] {
-            let skip = skip_ch.pop().unwrap_or(0);
-            chans.push((ch + skip, rc[i]));
-            ch = rc[i];
-        }
-        block(&mut fl, &chans, si, s.attention_layers[i], attn_cond(i), s.temporal_layers[i]);
-        if i != 0 {
-            fl.conv += conv(ch, ch, 3, 2 * si, rows);
-        }
-    }
-    fl.conv += conv(ch, cout, 3, side, rows);
+    fl.conv += conv(blocks.out_channels, cout, 3, side, rows);
     fl
 }
 
 /// ml-mdm's 2D `SelfAttention` of `c` channels on `side²` pixels: qkv, self-attention,
-/// cross-attention to `tokens` tokens (`cond_dim > 0`), proj_out, optional FFN.
-fn attention_flops(c: i64, side: i64, rows: i64, cond_dim: i64, tokens: i64, ffn: bool) -> Flops {
+/// cross-attention of width `cross` to `tokens` tokens, proj_out, optional FFN.
+fn attention_flops(c: i64, side: i64, rows: i64, cross: Option<i64>, tokens: i64, ffn: bool) -> Flops {
     let mut fl = Flops::default();
     let l = (side * side) as u128;
     let r = rows as u128;
     fl.conv += conv(c, 3 * c, 1, side, rows) + conv(c, c, 1, side, rows);
     fl.attention += 4 * l * l * c as u128 * r;
-    if cond_dim > 0 && tokens > 0 {
-        fl.linear += lin(cond_dim, 2 * c, rows * tokens);
+    if let (Some(d), true) = (cross, tokens > 0) {
+        fl.linear += lin(d, 2 * c, rows * tokens);
         fl.attention += 4 * l * tokens as u128 * c as u128 * r;
     }
     if ffn {

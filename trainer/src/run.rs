@@ -8,7 +8,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{Conditioning, MdmUNet, Micros};
+use crate::model::{Conditioning, MdmUNet, Micros, ModelInput, Trace};
 use crate::weights;
 
 /// The parameter table in the form of the reference `keys_*.tsv`:
@@ -89,14 +89,11 @@ pub fn forward_files(
         })
         .collect();
     let _g = tch::no_grad_guard();
-    let (outs, dbg) = if debug {
-        model.forward_debug(&x_t, times, &cond, &micros)
-    } else {
-        model
-            .forward(&x_t, times, &cond, &micros, false)
-            .map(|o| (o, BTreeMap::new()))
-    }
-    .map_err(|e| e.with_path(inputs))?;
+    let mut trace = if debug { Trace::recording() } else { Trace::off() };
+    let outs = model
+        .forward(&ModelInput::new(&x_t, times, &cond).with_micros(&micros), false, &mut trace)
+        .map_err(|e| e.with_path(inputs))?;
+    let dbg = trace.tensors;
     let mut tensors: Vec<(String, Tensor)> = outs
         .into_iter()
         .enumerate()

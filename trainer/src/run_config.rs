@@ -314,7 +314,7 @@ impl TrainConfig {
         }
 
         let innermost = model.top.innermost();
-        let cond = match (d.conditioning, model.num_classes, innermost.input_cond_dim > 0) {
+        let cond = match (d.conditioning, model.num_classes, innermost.text.is_some()) {
             (None, Some(_), _) => CondKind::Class,
             (None, None, true) => CondKind::Text,
             (None, None, false) => CondKind::None,

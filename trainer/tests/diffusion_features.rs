@@ -9,7 +9,7 @@ use mdm_trainer::{
         sampler::threshold, DiffusionConfig, NestedDiffusion, SampleOptions, Sampler, ThresholdType,
     },
     denoiser::{Denoiser, Draws, LossOptions},
-    model::{null_condition, Conditioning, MdmUNet, Micros},
+    model::{null_condition, Conditioning, MdmUNet, Micros, ModelInput, Trace},
 };
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -86,7 +86,7 @@ fn mixed_ratio_trains_the_outer_level_on_its_share_only() {
     assert_eq!(x[1].size()[0], 4);
     let cond = text(4);
     let preds = model
-        .forward(&x, &inputs.time, &cond, &Micros::new(), true)
+        .forward(&ModelInput::new(&x, &inputs.time, &cond), true, &mut Trace::off())
         .expect("forward");
     let loss = d.loss(&inputs, &preds).expect("loss");
     // Outer rows past the share are zero; the kept rows are renormalised by 1/0.5 and
@@ -285,7 +285,7 @@ fn the_denoiser_loss_is_the_full_batch_loss_and_drops_to_the_null_condition() {
     let by_hand = |cond: &Conditioning| {
         let noise = draws.noise.iter().map(|n| n.shallow_clone()).collect();
         let inputs = d.inputs(&images, noise, &draws.time).expect("inputs");
-        let preds = model.forward(&d.model_inputs(&inputs), &inputs.time, cond, &Micros::new(), true).expect("forward");
+        let preds = model.forward(&ModelInput::new(&d.model_inputs(&inputs), &inputs.time, cond), true, &mut Trace::off()).expect("forward");
         d.loss(&inputs, &preds).expect("loss").total
     };
     let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);

@@ -10,7 +10,7 @@ mod common;
 
 use mdm_trainer::{
     config::ModelConfig,
-    model::{Conditioning, MdmUNet, Micros},
+    model::{Conditioning, MdmUNet, Micros, ModelInput, Trace},
     weights,
 };
 use tch::{nn::VarStore, Device};
@@ -48,11 +48,13 @@ fn run(name: &str) {
         })
         .collect();
     let _g = tch::no_grad_guard();
-    let (outs, debug) = model
-        .forward_debug(&x_t, times, &cond, &micros)
+    let mut trace = Trace::recording();
+    let outs = model
+        .forward(&ModelInput::new(&x_t, times, &cond).with_micros(&micros), false, &mut trace)
         .expect("forward");
-    let (outs_default, _) = model
-        .forward_debug(&x_t, times, &cond, &Micros::new())
+    let debug = trace.tensors;
+    let outs_default = model
+        .forward(&ModelInput::new(&x_t, times, &cond), false, &mut Trace::recording())
         .expect("forward");
 
     let mut worst = (0.0f64, String::new());

@@ -6,7 +6,7 @@ mod common;
 use mdm_trainer::{
     config::{ConfigFile, ModelConfig},
     growth::grow_from,
-    model::{Conditioning, MdmUNet, Micros},
+    model::{Conditioning, MdmUNet, Micros, ModelInput, Trace},
     weights,
 };
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -119,10 +119,10 @@ fn inner_prediction_unchanged_after_growth() {
         .collect();
     let _g = tch::no_grad_guard();
     let lo = small
-        .forward(&[x_lo.shallow_clone()], &times, &cond, &micros, false)
+        .forward(&ModelInput::new(&[x_lo.shallow_clone()], &times, &cond).with_micros(&micros), false, &mut Trace::off())
         .expect("small forward");
     let both = big
-        .forward(&[x_hi, x_lo], &times, &cond, &micros, false)
+        .forward(&ModelInput::new(&[x_hi, x_lo], &times, &cond).with_micros(&micros), false, &mut Trace::off())
         .expect("big forward");
     let d = common::max_abs(&both[1], &lo[0]);
     eprintln!("inner prediction after growth vs lower model: max|diff| = {d:e}");

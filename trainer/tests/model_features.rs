@@ -7,7 +7,7 @@ use mdm_trainer::{
     config::ModelConfig,
     model::{
         attention::{attend_channels_first, attend_reference},
-        Conditioning, MdmUNet, Micros,
+        Conditioning, MdmUNet, ModelInput, Trace,
     },
     Error,
 };
@@ -81,7 +81,7 @@ fn run(model: &MdmUNet, tokens: &Tensor, mask: &Tensor) -> Tensor {
     };
     let _g = tch::no_grad_guard();
     model
-        .forward(&[x], &t, &cond, &Micros::new(), false)
+        .forward(&ModelInput::new(&[x], &t, &cond), false, &mut Trace::off())
         .expect("forward")
         .remove(0)
 }
@@ -151,13 +151,7 @@ fn class_conditioning_with_null_class() {
     let _g = tch::no_grad_guard();
     let f = |labels: &[i64]| {
         model
-            .forward(
-                &[x.shallow_clone()],
-                &t,
-                &Conditioning::Class(Tensor::from_slice(labels)),
-                &Micros::new(),
-                false,
-            )
+            .forward(&ModelInput::new(&[x.shallow_clone()], &t, &Conditioning::Class(Tensor::from_slice(labels))), false, &mut Trace::off())
             .expect("forward")
             .remove(0)
     };
@@ -173,13 +167,7 @@ fn class_conditioning_with_null_class() {
         "samples are independent"
     );
     assert!(common::max_abs(&a, &null) > 1e-4);
-    let err = model.forward(
-        &[x.shallow_clone()],
-        &t,
-        &Conditioning::Class(Tensor::from_slice(&[1i64])),
-        &Micros::new(),
-        false,
-    );
+    let err = model.forward(&ModelInput::new(&[x.shallow_clone()], &t, &Conditioning::Class(Tensor::from_slice(&[1i64]))), false, &mut Trace::off());
     assert!(
         matches!(err, Err(Error::Input { .. })),
         "wrong batch is an input error"
@@ -209,7 +197,7 @@ fn unknown_keys_and_bad_values_are_errors() {
         "resolution_channels = \"32,32\"",
     ))
     .expect("comma string");
-    assert_eq!(cfg.top.resolution_channels, vec![32, 32]);
+    assert_eq!(cfg.top.channels(), vec![32, 32]);
     // A missing file names the file.
     let e = ModelConfig::from_file("/nonexistent/x.toml").expect_err("missing");
     assert!(e.to_string().contains("/nonexistent/x.toml"));

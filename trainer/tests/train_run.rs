@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use image::{codecs::jpeg::JpegEncoder, ExtendedColorType, Rgb, RgbImage};
 use mdm_shards::{Body, ImageBody, Layout, Manifest, Record, RecordKind, ShardWriter, WriterOptions};
-use mdm_trainer::model::{cfg_dropout, Conditioning};
+use mdm_trainer::model::{cfg_dropout, Conditioning, ModelInput, Trace};
 use mdm_trainer::tch::{Device, Kind, Tensor};
 use mdm_trainer::train::{self, batch, Outcome, RunOptions, Trainer};
 use mdm_trainer::{checkpoint, run_config::TrainConfig};
@@ -332,7 +332,7 @@ fn bf16_runs_train_from_fp32_master_weights() {
 fn bf16_forward_agrees_with_f32() {
     let _serial = serial();
     use mdm_trainer::config::ModelConfig;
-    use mdm_trainer::model::{MdmUNet, Micros};
+    use mdm_trainer::model::MdmUNet;
     mdm_trainer::tch::manual_seed(0);
     let cfg = ModelConfig::from_file(format!("{MODELS}/tiny_32x32.toml")).unwrap();
     let vs = mdm_trainer::tch::nn::VarStore::new(Device::Cpu);
@@ -346,10 +346,10 @@ fn bf16_forward_agrees_with_f32() {
         let r = v.randn_like() * 0.2;
         v.copy_(&r);
     }
-    let a = model.forward(&x, &t, &c, &Micros::new(), false).unwrap().remove(0);
+    let a = model.forward(&ModelInput::new(&x, &t, &c), false, &mut Trace::off()).unwrap().remove(0);
     let mut vs = vs;
     vs.bfloat16();
-    let b = model.forward(&x, &t, &c, &Micros::new(), false).unwrap().remove(0);
+    let b = model.forward(&ModelInput::new(&x, &t, &c), false, &mut Trace::off()).unwrap().remove(0);
     assert_eq!(b.kind(), Kind::Float);
     let rel = ((&a - &b).square().mean(Kind::Float) / a.square().mean(Kind::Float)).sqrt().double_value(&[]);
     assert!(a.abs().mean(Kind::Float).double_value(&[]) > 1e-3);

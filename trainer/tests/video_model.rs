@@ -8,7 +8,7 @@ use mdm_trainer::{
     denoiser::{Denoiser, LossOptions, TrainBatch},
     diffusion::NestedDiffusion,
     growth::inflate_from,
-    model::{attention::TemporalAttention, Conditioning, MdmUNet, Micros},
+    model::{attention::TemporalAttention, Conditioning, Init, MdmUNet, ModelInput, Trace},
     train, weights,
 };
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -106,7 +106,8 @@ fn text(clips: i64) -> Conditioning {
 fn config_rules() {
     let ok = ModelConfig::from_toml_str(&unet_toml(true)).expect("video config");
     assert!(ok.is_video());
-    assert_eq!(ok.top.temporal_layers, vec![0, 1]);
+    let temporal: Vec<usize> = ok.top.resolutions.iter().map(|r| r.temporal.map_or(0, |t| t.layers)).collect();
+    assert_eq!(temporal, vec![0, 1]);
     assert!(!ModelConfig::from_toml_str(&unet_toml(false)).expect("image").is_video());
     assert!(ModelConfig::from_toml_str(nested_video_toml()).expect("nested video").is_video());
 
@@ -164,7 +165,7 @@ fn reference_block(vars: &std::collections::BTreeMap<String, Tensor>, x: &Tensor
 fn temporal_block_matches_its_written_out_formula() {
     let _serial = serial();
     let vs = VarStore::new(Device::Cpu);
-    let block = TemporalAttention::new(&(vs.root() / "t"), 64, true);
+    let block = TemporalAttention::new(&(vs.root() / "t"), 64, true, Init::Random);
     let vars: std::collections::BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
@@ -208,7 +209,7 @@ fn clips_stay_apart_and_frames_interact() {
     let times = Tensor::from_slice(&[10i64, 700]);
     let cond = text(clips);
     let _g = tch::no_grad_guard();
-    let run = |x: &Tensor, c: &Conditioning| model.forward_frames(&[x.shallow_clone()], &times, c, &Micros::new(), false, frames).expect("forward").remove(0);
+    let run = |x: &Tensor, c: &Conditioning| model.forward(&ModelInput::new(&[x.shallow_clone()], &times, c).with_frames(frames), false, &mut Trace::off()).expect("forward").remove(0);
     let base = run(&x, &cond);
     assert_eq!(base.size(), [6, 3, 16, 16]);
 
@@ -229,9 +230,9 @@ fn clips_stay_apart_and_frames_interact() {
 
     // An image model takes no clips; rows must be whole clips.
     let (_, _ivs, image_model) = build(&unet_toml(false));
-    let e = image_model.forward_frames(&[x.shallow_clone()], &times, &cond, &Micros::new(), false, 3).expect_err("image model with clips").to_string();
+    let e = image_model.forward(&ModelInput::new(&[x.shallow_clone()], &times, &cond).with_frames(3), false, &mut Trace::off()).expect_err("image model with clips").to_string();
     assert!(e.contains("only a video model"), "{e}");
-    let e = model.forward_frames(&[x.narrow(0, 0, 5)], &times, &cond, &Micros::new(), false, 3).expect_err("partial clip").to_string();
+    let e = model.forward(&ModelInput::new(&[x.narrow(0, 0, 5)], &times, &cond).with_frames(3), false, &mut Trace::off()).expect_err("partial clip").to_string();
     assert!(e.contains("whole clips"), "{e}");
 }
 
@@ -259,7 +260,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
     let x16 = Tensor::randn([clips * frames, 3, 16, 16], (Kind::Float, Device::Cpu));
     let expected = {
         let _g = tch::no_grad_guard();
-        image.forward(&[x16.shallow_clone()], &frame_times, &per_frame, &Micros::new(), false).expect("image forward").remove(0)
+        image.forward(&ModelInput::new(&[x16.shallow_clone()], &frame_times, &per_frame), false, &mut Trace::off()).expect("image forward").remove(0)
     };
 
     // Same levels.
@@ -278,7 +279,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
     );
     let got = {
         let _g = tch::no_grad_guard();
-        video.forward_frames(&[x16.shallow_clone()], &times, &cond, &Micros::new(), false, frames).expect("video forward").remove(0)
+        video.forward(&ModelInput::new(&[x16.shallow_clone()], &times, &cond).with_frames(frames), false, &mut Trace::off()).expect("video forward").remove(0)
     };
     let d = common::max_abs(&got, &expected);
     eprintln!("inflated video model vs image model, per frame: max|diff| = {d:e}");
@@ -292,7 +293,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
     let x32 = Tensor::randn([clips * frames, 3, 32, 32], (Kind::Float, Device::Cpu));
     let both = {
         let _g = tch::no_grad_guard();
-        nested.forward_frames(&[x32, x16.shallow_clone()], &times, &cond, &Micros::new(), false, frames).expect("nested forward")
+        nested.forward(&ModelInput::new(&[x32, x16.shallow_clone()], &times, &cond).with_frames(frames), false, &mut Trace::off()).expect("nested forward")
     };
     let d = common::max_abs(&both[1], &expected);
     assert!(d < 1e-5, "inner prediction after inflation: {d}");
@@ -364,7 +365,7 @@ fn a_video_model_fits_a_moving_square() {
             let clip_t = Tensor::from_slice(&[t]);
             let inputs = diffusion.inputs_grouped(&groups, &clip_t.repeat_interleave_self_int(frames, Some(0), None)).expect("inputs");
             let x = diffusion.model_inputs(&inputs);
-            let preds = model.forward_frames(&x, &clip_t, &cond, &Micros::new(), false, frames).expect("forward");
+            let preds = model.forward(&ModelInput::new(&x, &clip_t, &cond).with_frames(frames), false, &mut Trace::off()).expect("forward");
             total += diffusion.loss(&inputs, &preds).expect("loss").total.mean(Kind::Float).double_value(&[]);
         }
         total / 4.0
@@ -394,7 +395,7 @@ fn temporal_block_gradients_match_finite_differences() {
     let _serial = serial();
     tch::manual_seed(8);
     let mut vs = VarStore::new(Device::Cpu);
-    let block = TemporalAttention::new(&(vs.root() / "t"), 64, true);
+    let block = TemporalAttention::new(&(vs.root() / "t"), 64, true, Init::Random);
     vs.set_kind(Kind::Double);
     randomize(&vs, 0.3);
     let x = Tensor::randn([2 * 3, 64, 4, 4], (Kind::Double, Device::Cpu)).set_requires_grad(true);

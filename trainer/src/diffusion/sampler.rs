@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 use super::loss::{x0_eps_from_pred, NestedDiffusion};
 use super::ThresholdType;
 use crate::error::{Error, Result};
-use crate::model::{Conditioning, MdmUNet, Micros};
+use crate::model::{Conditioning, MdmUNet, Micros, ModelInput, Trace};
 
 /// The result of one step: per level, the (thresholded) x0 estimate and x at the earlier time.
 #[derive(Debug)]
@@ -196,7 +196,8 @@ impl NestedDiffusion {
                     .iter()
                     .map(|(k, v)| (k.clone(), Tensor::cat(&[v, v], 0)))
                     .collect();
-                let p = model.forward_frames(&x2, &t2, &both, &m2, false, frames)?;
+                let input = ModelInput::new(&x2, &t2, &both).with_micros(&m2).with_frames(frames);
+                let p = model.forward(&input, false, &mut Trace::off())?;
                 Ok(p.iter()
                     .map(|p| {
                         let c = p.chunk(2, 0);
@@ -204,7 +205,7 @@ impl NestedDiffusion {
                     })
                     .collect())
             }
-            _ => model.forward_frames(x_t, time, cond, micros, false, frames),
+            _ => model.forward(&ModelInput::new(x_t, time, cond).with_micros(micros).with_frames(frames), false, &mut Trace::off()),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use tch::{nn, nn::Module, Tensor};
 
-use super::{group_norm, zero_conv, zero_linear};
+use super::{conv1x1, conv3, group_norm, Init};
 
 /// Heads of every attention layer (fixed in ml-mdm).
 pub const HEADS: i64 = 8;
@@ -58,7 +58,7 @@ pub fn attend_reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor
     a.reshape([b, c, l])
 }
 
-/// ml-mdm's 2D `SelfAttention`: self-attention over pixels plus, when `cond_dim > 0`,
+/// ml-mdm's 2D `SelfAttention`: self-attention over pixels plus, with a text width `cross`,
 /// cross-attention to the text tokens; the two softmax outputs are added, then
 /// `x += proj_out(h)` and optionally `x += ffn(x)`.
 #[derive(Debug)]
@@ -71,26 +71,26 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    pub fn new(p: &nn::Path, channels: i64, cond_dim: i64, use_ffn: bool) -> Self {
-        let cond = (cond_dim > 0).then(|| {
+    pub fn new(p: &nn::Path, channels: i64, cross: Option<i64>, use_ffn: bool, init: Init) -> Self {
+        let cond = cross.map(|d| {
             (
-                nn::layer_norm(p / "norm_cond", vec![cond_dim], Default::default()),
-                nn::linear(p / "kv_cond", cond_dim, 2 * channels, super::lin()),
+                nn::layer_norm(p / "norm_cond", vec![d], Default::default()),
+                nn::linear(p / "kv_cond", d, 2 * channels, init.linear()),
             )
         });
         let ffn = use_ffn.then(|| {
             let f = p / "ffn";
             (
                 group_norm(&(&f / 0), ATTN_GROUPS, channels),
-                nn::conv2d(&f / 1, channels, 4 * channels, 1, super::conv1x1()),
-                zero_conv(&(&f / 3), 4 * channels, channels, 1, 0),
+                conv1x1(&(&f / 1), channels, 4 * channels, init),
+                conv1x1(&(&f / 3), 4 * channels, channels, Init::Zeros),
             )
         });
         SelfAttention {
             norm: group_norm(&(p / "norm"), ATTN_GROUPS, channels),
-            qkv: nn::conv2d(p / "qkv", channels, 3 * channels, 1, super::conv1x1()),
+            qkv: conv1x1(&(p / "qkv"), channels, 3 * channels, init),
             cond,
-            proj_out: zero_conv(&(p / "proj_out"), channels, channels, 1, 0),
+            proj_out: conv1x1(&(p / "proj_out"), channels, channels, Init::Zeros),
             ffn,
         }
     }
@@ -132,16 +132,16 @@ pub struct TextSelfAttention {
 }
 
 impl TextSelfAttention {
-    pub fn new(p: &nn::Path, dim: i64) -> Self {
+    pub fn new(p: &nn::Path, dim: i64, init: Init) -> Self {
         let a = p / "attn";
         let m = p / "mlp" / "main";
         TextSelfAttention {
             norm: nn::layer_norm(&a / "norm", vec![dim], Default::default()),
-            qkv: nn::linear(&a / "qkv", dim, 3 * dim, super::lin()),
-            proj_out: nn::linear(&a / "proj_out", dim, dim, zero_linear()),
+            qkv: nn::linear(&a / "qkv", dim, 3 * dim, init.linear()),
+            proj_out: nn::linear(&a / "proj_out", dim, dim, Init::Zeros.linear()),
             mlp_norm: nn::layer_norm(&m / 0, vec![dim], Default::default()),
-            mlp_in: nn::linear(&m / 1, dim, 4 * dim, super::lin()),
-            mlp_out: nn::linear(&m / 3, 4 * dim, dim, zero_linear()),
+            mlp_in: nn::linear(&m / 1, dim, 4 * dim, init.linear()),
+            mlp_out: nn::linear(&m / 3, 4 * dim, dim, Init::Zeros.linear()),
         }
     }
 
@@ -234,7 +234,7 @@ pub struct TemporalAttention {
 }
 
 impl TemporalAttention {
-    pub fn new(p: &nn::Path, channels: i64, pos_emb: bool) -> Self {
+    pub fn new(p: &nn::Path, channels: i64, pos_emb: bool, init: Init) -> Self {
         let a = p / "attn";
         let m = p / "mlp" / "main";
         let heads = channels / TEMPORAL_HEAD_CHANNELS;
@@ -246,15 +246,15 @@ impl TemporalAttention {
             f
         });
         TemporalAttention {
-            down_conv: super::conv3(&(p / "down_conv"), channels, channels, 2, false),
+            down_conv: conv3(&(p / "down_conv"), channels, channels, 2, init),
             norm: nn::layer_norm(&a / "norm", vec![channels], Default::default()),
-            qkv: nn::linear(&a / "qkv", channels, 3 * channels, super::lin()),
-            proj_out: nn::linear(&a / "proj_out", channels, channels, zero_linear()),
+            qkv: nn::linear(&a / "qkv", channels, 3 * channels, init.linear()),
+            proj_out: nn::linear(&a / "proj_out", channels, channels, Init::Zeros.linear()),
             rotary,
             mlp_norm: nn::layer_norm(&m / 0, vec![channels], Default::default()),
-            mlp_in: nn::linear(&m / 1, channels, 4 * channels, super::lin()),
-            mlp_out: nn::linear(&m / 3, 4 * channels, channels, zero_linear()),
-            up_conv: super::conv3(&(p / "up_conv"), channels, channels, 1, false),
+            mlp_in: nn::linear(&m / 1, channels, 4 * channels, init.linear()),
+            mlp_out: nn::linear(&m / 3, 4 * channels, channels, Init::Zeros.linear()),
+            up_conv: conv3(&(p / "up_conv"), channels, channels, 1, init),
             heads,
         }
     }

@@ -2,6 +2,8 @@
 
 use tch::{nn, nn::Module, Kind, Tensor};
 
+use super::Init;
+
 /// Sinusoidal features followed by a two-layer MLP:
 /// `layer2(silu(layer1([sin(t·f), cos(t·f)])))`, `f_k = exp(-ln(10000)·k/half)`,
 /// `half = temporal_dim / 8`, so the sinusoid has width `temporal_dim / 4`.
@@ -30,14 +32,10 @@ pub fn sinusoid(times: &Tensor, freqs: &Tensor) -> Tensor {
 
 impl TimeMlp {
     /// `p / name1` and `p / name2` are the two layers (`temb_layer1/2` or `cond_layers.<key>.0/1`).
-    pub fn new(l1: nn::Path, l2: nn::Path, temporal_dim: i64, zero_last: bool) -> Self {
+    pub fn new(l1: nn::Path, l2: nn::Path, temporal_dim: i64, zero_last: bool, init: Init) -> Self {
         let freqs = sinusoid_freqs(temporal_dim, l1.device());
-        let layer1 = nn::linear(l1, temporal_dim / 4, temporal_dim, super::lin());
-        let cfg2 = if zero_last {
-            super::zero_linear()
-        } else {
-            super::lin()
-        };
+        let layer1 = nn::linear(l1, temporal_dim / 4, temporal_dim, init.linear());
+        let cfg2 = if zero_last { Init::Zeros } else { init }.linear();
         let layer2 = nn::linear(l2, temporal_dim, temporal_dim, cfg2);
         TimeMlp {
             freqs,

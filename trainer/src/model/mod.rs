@@ -18,6 +18,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 pub use conditioning::{cfg_dropout, cfg_dropout_with, null_condition, Conditioning};
 pub use unet::UNetLevel;
+use unet::Shared;
 
 /// Micro-conditioning values by key (e.g. `scale`), each (B,). Missing keys use the level's
 /// default.
@@ -32,11 +33,54 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// Records nothing (the usual forward pass).
+    pub fn off() -> Self {
+        Trace::default()
+    }
+
+    /// Records every tensor it is given.
+    pub fn recording() -> Self {
+        Trace { on: true, tensors: BTreeMap::new() }
+    }
+
     pub(crate) fn put(&mut self, prefix: &str, name: &str, t: &Tensor) {
         if self.on {
             self.tensors
                 .insert(format!("{prefix}{name}"), t.detach().copy());
         }
+    }
+}
+
+/// The inputs of one forward pass.
+pub struct ModelInput<'a> {
+    /// One tensor per level, outermost (highest resolution) first; batch sizes may shrink
+    /// outwards (ml-mdm's mixed-resolution batches: level i sees the first `x_t[i].size(0)`
+    /// samples). For video, a level's clips with their frames in the batch dimension
+    /// ((B_i·frames), C, S, S), a clip's frames consecutive.
+    pub x_t: &'a [Tensor],
+    /// (B,) integer steps, per sample (clip).
+    pub times: &'a Tensor,
+    /// Per sample (clip).
+    pub cond: &'a Conditioning,
+    /// Per sample (clip); `None` = every level's defaults.
+    pub micros: Option<&'a Micros>,
+    /// Frames per clip (1 for images; a video model takes both).
+    pub frames: i64,
+}
+
+impl<'a> ModelInput<'a> {
+    /// Images, default micro-conditioning.
+    pub fn new(x_t: &'a [Tensor], times: &'a Tensor, cond: &'a Conditioning) -> Self {
+        ModelInput { x_t, times, cond, micros: None, frames: 1 }
+    }
+
+    pub fn with_micros(self, micros: &'a Micros) -> Self {
+        ModelInput { micros: Some(micros), ..self }
+    }
+
+    /// Clips of `frames` frames.
+    pub fn with_frames(self, frames: i64) -> Self {
+        ModelInput { frames, ..self }
     }
 }
 
@@ -54,79 +98,66 @@ pub(crate) fn group_norm(p: &nn::Path, groups: i64, channels: i64) -> nn::GroupN
     nn::group_norm(p, groups, channels, Default::default())
 }
 
-thread_local! {
-    /// While set, layers that would be randomly initialised are built with zeros instead
-    /// (see [`parameter_shapes`]): building a 480M model then costs a memset, not minutes of
-    /// random number generation.
-    static ZERO_INIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// How the layers that PyTorch initialises randomly are built. Layers ml-mdm zero-initialises
+/// are zero either way; norms start at (1, 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Init {
+    /// PyTorch's defaults (Kaiming-uniform linears and convs, normal embeddings).
+    #[default]
+    Random,
+    /// Zeros everywhere: building a 480M model costs a memset, not minutes of random
+    /// numbers (for [`parameter_shapes`], or before loading every weight).
+    Zeros,
 }
 
-fn zero_init() -> bool {
-    ZERO_INIT.with(|z| z.get())
-}
+impl Init {
+    /// A linear layer with bias.
+    pub(crate) fn linear(self) -> nn::LinearConfig {
+        match self {
+            Init::Random => Default::default(),
+            Init::Zeros => nn::LinearConfig {
+                ws_init: nn::Init::Const(0.0),
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            },
+        }
+    }
 
-/// Default linear config (PyTorch-like Kaiming uniform), or zeros in [`parameter_shapes`].
-pub(crate) fn lin() -> nn::LinearConfig {
-    if zero_init() { zero_linear() } else { Default::default() }
-}
+    /// A k×k conv with the given padding and stride.
+    pub(crate) fn conv(self, padding: i64, stride: i64) -> nn::ConvConfig {
+        let c = nn::ConvConfig { padding, stride, ..Default::default() };
+        match self {
+            Init::Random => c,
+            Init::Zeros => nn::ConvConfig { ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), ..c },
+        }
+    }
 
-/// 1×1 conv config.
-pub(crate) fn conv1x1() -> nn::ConvConfig {
-    if zero_init() {
-        nn::ConvConfig { ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), ..Default::default() }
-    } else {
-        Default::default()
+    /// An embedding table.
+    pub(crate) fn embedding(self) -> nn::EmbeddingConfig {
+        match self {
+            Init::Random => Default::default(),
+            Init::Zeros => nn::EmbeddingConfig { ws_init: nn::Init::Const(0.0), ..Default::default() },
+        }
     }
 }
 
-/// 3×3 conv, padding 1; `zero` for layers ml-mdm zero-initialises.
-pub(crate) fn conv3(p: &nn::Path, cin: i64, cout: i64, stride: i64, zero: bool) -> nn::Conv2D {
-    if zero || zero_init() {
-        let cfg = nn::ConvConfig {
-            padding: 1,
-            stride,
-            ws_init: nn::Init::Const(0.0),
-            bs_init: nn::Init::Const(0.0),
-            ..Default::default()
-        };
-        return nn::conv2d(p, cin, cout, 3, cfg);
-    }
-    nn::conv2d(p, cin, cout, 3, nn::ConvConfig { padding: 1, stride, ..Default::default() })
+/// 1×1 conv.
+pub(crate) fn conv1x1(p: &nn::Path, cin: i64, cout: i64, init: Init) -> nn::Conv2D {
+    nn::conv2d(p, cin, cout, 1, init.conv(0, 1))
+}
+
+/// 3×3 conv, padding 1 (pass [`Init::Zeros`] for the layers ml-mdm zero-initialises).
+pub(crate) fn conv3(p: &nn::Path, cin: i64, cout: i64, stride: i64, init: Init) -> nn::Conv2D {
+    nn::conv2d(p, cin, cout, 3, init.conv(1, stride))
 }
 
 /// The parameter table of the model a config builds: (name, shape, numel), sorted by name.
-/// The model is built with zero weights (fast) and dropped.
+/// The model is built with [`Init::Zeros`] (fast) and dropped.
 pub fn parameter_shapes(cfg: &ModelConfig) -> Result<Vec<(String, Vec<i64>, i64)>> {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            ZERO_INIT.with(|z| z.set(false));
-        }
-    }
     let _g = tch::no_grad_guard();
-    ZERO_INIT.with(|z| z.set(true));
-    let _reset = Reset;
     let vs = nn::VarStore::new(tch::Device::Cpu);
-    let _model = MdmUNet::new(&vs.root(), cfg)?;
+    let _model = MdmUNet::with_init(&vs.root(), cfg, Init::Zeros)?;
     Ok(crate::weights::parameter_table(&vs))
-}
-
-pub(crate) fn zero_conv(p: &nn::Path, cin: i64, cout: i64, k: i64, padding: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig {
-        padding,
-        ws_init: nn::Init::Const(0.0),
-        bs_init: nn::Init::Const(0.0),
-        ..Default::default()
-    };
-    nn::conv2d(p, cin, cout, k, cfg)
-}
-
-pub(crate) fn zero_linear() -> nn::LinearConfig {
-    nn::LinearConfig {
-        ws_init: nn::Init::Const(0.0),
-        bs_init: Some(nn::Init::Const(0.0)),
-        bias: true,
-    }
 }
 
 /// The whole denoising model: a UNet or a NestedUNet of any depth.
@@ -137,19 +168,16 @@ pub struct MdmUNet {
 }
 
 impl MdmUNet {
-    /// Builds the model under `p` (pass `vs.root()` so that names equal ml-mdm's keys).
+    /// Builds the model under `p` (pass `vs.root()` so that names equal ml-mdm's keys) with
+    /// PyTorch's random initialisation.
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
-        let top = UNetLevel::new(
-            p,
-            &cfg.top,
-            cfg.input_channels,
-            cfg.output_channels,
-            cfg.num_classes,
-        );
-        Ok(MdmUNet {
-            cfg: cfg.clone(),
-            top,
-        })
+        Self::with_init(p, cfg, Init::Random)
+    }
+
+    /// [`MdmUNet::new`] with the given initialisation.
+    pub fn with_init(p: &nn::Path, cfg: &ModelConfig, init: Init) -> Result<Self> {
+        let top = UNetLevel::new(p, &cfg.top, cfg.input_channels, cfg.output_channels, cfg.num_classes, init);
+        Ok(MdmUNet { cfg: cfg.clone(), top })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -195,110 +223,48 @@ impl MdmUNet {
         self.cfg.num_classes
     }
 
-    /// Runs the model. `x_t` has one tensor per level, outermost (highest resolution) first;
-    /// batch sizes may shrink outwards (ml-mdm's mixed-resolution batches: level i sees the
-    /// first `x_t[i].size(0)` samples). `times` (B,) are integer steps. Returns the
-    /// prediction of every level, outermost first.
-    pub fn forward(
-        &self,
-        x_t: &[Tensor],
-        times: &Tensor,
-        cond: &Conditioning,
-        micros: &Micros,
-        train: bool,
-    ) -> Result<Vec<Tensor>> {
-        self.forward_frames(x_t, times, cond, micros, train, 1)
-    }
-
-    /// [`MdmUNet::forward`] for video clips of `frames` frames: `x_t[i]` holds the frames of
-    /// its clips in the batch dimension ((B_i·frames), C, S, S), a clip's frames consecutive;
-    /// `times`, `cond` and `micros` are per clip (B). A video model also takes `frames = 1`
-    /// (still images).
-    pub fn forward_frames(
-        &self,
-        x_t: &[Tensor],
-        times: &Tensor,
-        cond: &Conditioning,
-        micros: &Micros,
-        train: bool,
-        frames: i64,
-    ) -> Result<Vec<Tensor>> {
-        let mut trace = Trace::default();
-        self.forward_traced(x_t, times, cond, micros, train, frames, &mut trace)
-    }
-
-    /// [`MdmUNet::forward_frames`] that also records intermediate tensors when `trace.on`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_traced(
-        &self,
-        x_t: &[Tensor],
-        times: &Tensor,
-        cond: &Conditioning,
-        micros: &Micros,
-        train: bool,
-        frames: i64,
-        trace: &mut Trace,
-    ) -> Result<Vec<Tensor>> {
-        self.check_inputs(x_t, times, cond, micros, frames)?;
+    /// Runs the model and returns the prediction of every level, outermost first (float
+    /// predictions from a bf16 model too). With `trace` recording, intermediate tensors are
+    /// kept in it, keyed like the reference fixtures' `debug.*`.
+    pub fn forward(&self, input: &ModelInput, train: bool, trace: &mut Trace) -> Result<Vec<Tensor>> {
+        self.check_inputs(input)?;
+        let no_micros = Micros::new();
+        let micros = input.micros.unwrap_or(&no_micros);
+        let frames = input.frames;
         // A model stored in another kind than the inputs (bf16 training) computes in its own
         // kind and returns float predictions.
         let kind = self.top.param_kind();
-        if x_t.iter().any(|x| x.kind() != kind) {
-            let x: Vec<Tensor> = x_t.iter().map(|x| x.to_kind(kind)).collect();
-            let cond = match cond {
+        if input.x_t.iter().any(|x| x.kind() != kind) {
+            let x: Vec<Tensor> = input.x_t.iter().map(|x| x.to_kind(kind)).collect();
+            let cond = match input.cond {
                 Conditioning::Text { tokens, mask } => {
                     Conditioning::Text { tokens: tokens.to_kind(kind), mask: mask.to_kind(kind) }
                 }
                 Conditioning::Class(c) => Conditioning::Class(c.shallow_clone()),
                 Conditioning::None => Conditioning::None,
             };
-            let outs = self.forward_traced(&x, times, &cond, micros, train, frames, trace)?;
-            return Ok(outs.iter().map(|o| o.to_kind(x_t[0].kind())).collect());
+            let cast = ModelInput { x_t: &x, cond: &cond, ..*input };
+            let outs = self.forward(&cast, train, trace)?;
+            return Ok(outs.iter().map(|o| o.to_kind(input.x_t[0].kind())).collect());
         }
-        let (cond_emb, tokens, mask) = self.top.conditioning(cond, trace, "")?;
+        let (cond_emb, tokens, mask) = self.top.conditioning(input.cond, trace, "")?;
         // Per clip → per frame.
         let per_frame = |t: Option<Tensor>| t.map(|t| if frames > 1 { t.repeat_interleave_self_int(frames, Some(0), None) } else { t });
         let (cond_emb, tokens, mask) = (per_frame(cond_emb), per_frame(tokens), per_frame(mask));
-        let (outs, _) = self.top.forward_level(
-            x_t,
-            None,
-            times,
-            cond_emb.as_ref(),
-            tokens.as_ref(),
-            mask.as_ref(),
+        let shared = Shared {
+            times: input.times,
+            cond_emb: cond_emb.as_ref(),
+            tokens: tokens.as_ref(),
+            mask: mask.as_ref(),
             micros,
             train,
             frames,
-            trace,
-            "",
-        );
-        Ok(outs)
-    }
-
-    /// Like [`MdmUNet::forward`], recording every tensor that [`Trace`] knows.
-    pub fn forward_debug(
-        &self,
-        x_t: &[Tensor],
-        times: &Tensor,
-        cond: &Conditioning,
-        micros: &Micros,
-    ) -> Result<(Vec<Tensor>, BTreeMap<String, Tensor>)> {
-        let mut trace = Trace {
-            on: true,
-            ..Default::default()
         };
-        let outs = self.forward_traced(x_t, times, cond, micros, false, 1, &mut trace)?;
-        Ok((outs, trace.tensors))
+        Ok(self.top.forward_level(input.x_t, None, &shared, trace, "").0)
     }
 
-    fn check_inputs(
-        &self,
-        x_t: &[Tensor],
-        times: &Tensor,
-        cond: &Conditioning,
-        micros: &Micros,
-        frames: i64,
-    ) -> Result<()> {
+    fn check_inputs(&self, input: &ModelInput) -> Result<()> {
+        let ModelInput { x_t, times, cond, micros, frames } = *input;
         let levels = self.num_levels();
         if frames < 1 || (frames > 1 && !self.cfg.is_video()) {
             return Err(Error::input(format!(
@@ -359,19 +325,19 @@ impl MdmUNet {
         let mut spec = Some(&self.cfg.top);
         for (i, x) in x_t.iter().enumerate() {
             let Some(l) = spec else { break };
-            let f = 1i64 << (l.resolution_channels.len() - 1);
+            let f = l.downsampling();
             if x.size()[2] % f != 0 {
                 return Err(Error::input(format!("x_t.{i} side {} is not divisible by {f} (its downsampling)", x.size()[2])));
             }
-            for (r, &tl) in l.temporal_layers.iter().enumerate() {
+            for (r, res) in l.resolutions.iter().enumerate() {
                 let side = x.size()[2] >> r;
-                if tl > 0 && side % 2 != 0 {
+                if res.temporal.is_some() && side % 2 != 0 {
                     return Err(Error::input(format!(
                         "x_t.{i}: temporal attention at resolution {r} halves its side {side}, which must be even"
                     )));
                 }
             }
-            spec = l.nested.as_ref().map(|n| n.inner.as_ref());
+            spec = l.inner();
         }
         if x_t[levels - 1].size()[0] != batch {
             return Err(Error::input("the innermost level must have the full batch"));
@@ -379,14 +345,13 @@ impl MdmUNet {
         match cond {
             Conditioning::Text { tokens, mask } => {
                 let ts = tokens.size();
-                let innermost = self.cfg.top.innermost();
-                if innermost.input_cond_dim <= 0 {
+                let Some(text) = self.cfg.top.innermost().text else {
                     return Err(Error::input("this model takes no text conditioning"));
-                }
-                if ts.len() != 3 || ts[0] != clips || ts[2] != innermost.input_cond_dim {
+                };
+                if ts.len() != 3 || ts[0] != clips || ts[2] != text.input_dim {
                     return Err(Error::input(format!(
                         "lm_outputs must be (B={clips},T,{}), got {ts:?}",
-                        innermost.input_cond_dim
+                        text.input_dim
                     )));
                 }
                 if mask.size() != [ts[0], ts[1]] {
@@ -410,14 +375,14 @@ impl MdmUNet {
                 }
             }
             Conditioning::None => {
-                if self.cfg.top.innermost().cond_dim > 0 {
+                if self.cfg.top.innermost().text.is_some() {
                     return Err(Error::input(
                         "this model needs conditioning (text or class)",
                     ));
                 }
             }
         }
-        for (k, v) in micros {
+        for (k, v) in micros.into_iter().flatten() {
             if v.size() != [clips] {
                 return Err(Error::input(format!(
                     "micro-conditioning {k:?} must be (B,), got {:?}",

@@ -3,7 +3,8 @@
 use tch::{nn, nn::Module, Tensor};
 
 use super::attention::{SelfAttention, TemporalAttention};
-use super::{conv3, group_norm, Ctx};
+use super::{conv1x1, conv3, group_norm, Ctx, Init};
+use crate::config::{BlockSpec, Resample};
 
 /// One ResNet layer, time-modulated:
 /// `h = conv1(silu(GN1(x)))`, `(a, b) = chunk(time_layer(silu(temb)))`,
@@ -27,14 +28,15 @@ impl ResNet {
         temporal_dim: i64,
         groups: i64,
         dropout: f64,
+        init: Init,
     ) -> Self {
         ResNet {
             norm1: group_norm(&(p / "norm1"), groups, cin),
-            conv1: conv3(&(p / "conv1"), cin, cout, 1, false),
-            time_layer: nn::linear(p / "time_layer", temporal_dim, 2 * cout, super::lin()),
+            conv1: conv3(&(p / "conv1"), cin, cout, 1, init),
+            time_layer: nn::linear(p / "time_layer", temporal_dim, 2 * cout, init.linear()),
             norm2: group_norm(&(p / "norm2"), groups, cout),
-            conv2: conv3(&(p / "conv2"), cout, cout, 1, true),
-            conv3: (cin != cout).then(|| nn::conv2d(p / "conv3", cin, cout, 1, super::conv1x1())),
+            conv2: conv3(&(p / "conv2"), cout, cout, 1, Init::Zeros),
+            conv3: (cin != cout).then(|| conv1x1(&(p / "conv3"), cin, cout, init)),
             dropout,
         }
     }
@@ -56,13 +58,11 @@ impl ResNet {
     }
 }
 
-/// What a block does after its ResNets.
+/// The layer after a block's ResNets ([`Resample`] built).
 #[derive(Debug)]
-pub enum Resample {
+enum ResampleLayer {
     None,
-    /// 3×3 conv, stride 2, padding 1.
     Down(nn::Conv2D),
-    /// Nearest ×2, then a 3×3 conv.
     Up(nn::Conv2D),
 }
 
@@ -76,78 +76,42 @@ pub struct ResNetBlock {
     layers: usize,
     t_attn: Vec<TemporalAttention>,
     t_layers: usize,
-    resample: Resample,
-}
-
-/// How to build one [`ResNetBlock`].
-#[derive(Clone)]
-pub struct BlockSpec {
-    /// (in, out) channels of each ResNet.
-    pub channels: Vec<(i64, i64)>,
-    pub attention_layers: i64,
-    /// Text width for cross-attention (≤ 0: self-attention only).
-    pub cond_dim: i64,
-    pub attention_ffn: bool,
-    pub down: bool,
-    pub up: bool,
-    /// Temporal attention blocks per ResNet (video models; 0 otherwise).
-    pub temporal_layers: i64,
-    /// Rotary frame positions in the temporal attention.
-    pub temporal_pos_emb: bool,
+    resample: ResampleLayer,
 }
 
 impl ResNetBlock {
-    pub fn new(p: &nn::Path, s: &BlockSpec, temporal_dim: i64, groups: i64, dropout: f64) -> Self {
+    pub fn new(p: &nn::Path, s: &BlockSpec, temporal_dim: i64, groups: i64, dropout: f64, init: Init) -> Self {
         let resnets = s
             .channels
             .iter()
             .enumerate()
-            .map(|(i, &(cin, cout))| {
-                ResNet::new(
-                    &(p / "resnets" / i),
-                    cin,
-                    cout,
-                    temporal_dim,
-                    groups,
-                    dropout,
-                )
-            })
+            .map(|(i, &(cin, cout))| ResNet::new(&(p / "resnets" / i), cin, cout, temporal_dim, groups, dropout, init))
             .collect();
-        let layers = s.attention_layers.max(0) as usize;
+        let layers = s.attention.map_or(0, |a| a.layers);
         let mut attn = vec![];
-        for (i, &(_, cout)) in s.channels.iter().enumerate() {
-            for j in 0..layers {
-                attn.push(SelfAttention::new(
-                    &(p / "attn" / (i * layers + j)),
-                    cout,
-                    s.cond_dim,
-                    s.attention_ffn,
-                ));
-            }
-        }
-        let t_layers = s.temporal_layers.max(0) as usize;
+        let t_layers = s.temporal.map_or(0, |t| t.layers);
         let mut t_attn = vec![];
         for (i, &(_, cout)) in s.channels.iter().enumerate() {
-            for j in 0..t_layers {
-                t_attn.push(TemporalAttention::new(&(p / "t_attn" / (i * t_layers + j)), cout, s.temporal_pos_emb));
+            if let Some(a) = s.attention {
+                for j in 0..a.layers {
+                    attn.push(SelfAttention::new(&(p / "attn" / (i * layers + j)), cout, a.cross, a.ffn, init));
+                }
+            }
+        }
+        for (i, &(_, cout)) in s.channels.iter().enumerate() {
+            if let Some(t) = s.temporal {
+                for j in 0..t.layers {
+                    t_attn.push(TemporalAttention::new(&(p / "t_attn" / (i * t_layers + j)), cout, t.pos_emb, init));
+                }
             }
         }
         let last = s.channels.last().map_or(0, |c| c.1);
-        let resample = if s.down {
-            Resample::Down(conv3(&(p / "resample"), last, last, 2, false))
-        } else if s.up {
-            Resample::Up(conv3(&(p / "resample"), last, last, 1, false))
-        } else {
-            Resample::None
+        let resample = match s.resample {
+            Resample::Down => ResampleLayer::Down(conv3(&(p / "resample"), last, last, 2, init)),
+            Resample::Up => ResampleLayer::Up(conv3(&(p / "resample"), last, last, 1, init)),
+            Resample::None => ResampleLayer::None,
         };
-        ResNetBlock {
-            resnets,
-            attn,
-            layers,
-            t_attn,
-            t_layers,
-            resample,
-        }
+        ResNetBlock { resnets, attn, layers, t_attn, t_layers, resample }
     }
 
     /// Runs the block. `skips` (up blocks) are consumed front first and concatenated as
@@ -178,12 +142,12 @@ impl ResNetBlock {
             acts.push(x.shallow_clone());
         }
         match &self.resample {
-            Resample::None => {}
-            Resample::Down(c) => {
+            ResampleLayer::None => {}
+            ResampleLayer::Down(c) => {
                 x = c.forward(&x);
                 acts.push(x.shallow_clone());
             }
-            Resample::Up(c) => {
+            ResampleLayer::Up(c) => {
                 let (h, w) = (x.size()[2], x.size()[3]);
                 x = c.forward(&x.upsample_nearest2d([2 * h, 2 * w], None, None));
                 acts.push(x.shallow_clone());

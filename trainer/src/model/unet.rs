@@ -5,10 +5,22 @@ use tch::{nn, nn::Module, Tensor};
 
 use super::attention::TextSelfAttention;
 use super::embeddings::TimeMlp;
-use super::resnet::{BlockSpec, ResNetBlock};
-use super::{conv3, group_norm, Conditioning, Ctx, Micros, Trace};
+use super::resnet::ResNetBlock;
+use super::{conv3, group_norm, Conditioning, Ctx, Init, Micros, Trace};
 use crate::config::{LevelSpec, Micro};
 use crate::error::{Error, Result};
+
+/// What every level of one forward pass shares: per clip `times` and `micros`, per frame the
+/// pooled text embedding, the tokens and the cross-attention mask.
+pub(crate) struct Shared<'a> {
+    pub times: &'a Tensor,
+    pub cond_emb: Option<&'a Tensor>,
+    pub tokens: Option<&'a Tensor>,
+    pub mask: Option<&'a Tensor>,
+    pub micros: &'a Micros,
+    pub train: bool,
+    pub frames: i64,
+}
 
 /// The nesting part of a level.
 #[derive(Debug)]
@@ -46,165 +58,51 @@ impl UNetLevel {
 
     /// Builds the level and, when nested, its inner levels under `inner_unet`.
     /// `num_classes` adds `class_emb` to the innermost level.
-    pub fn new(p: &nn::Path, s: &LevelSpec, cin: i64, cout: i64, num_classes: Option<i64>) -> Self {
+    pub fn new(p: &nn::Path, s: &LevelSpec, cin: i64, cout: i64, num_classes: Option<i64>, init: Init) -> Self {
         let td = s.temporal_dim;
-        let time = TimeMlp::new(p / "temb_layer1", p / "temb_layer2", td, false);
-        let cond_emb = s.has_cond_emb.then(|| {
-            nn::linear(
-                p / "cond_emb",
-                s.cond_dim,
-                td,
-                nn::LinearConfig {
-                    bias: false,
-                    ..Default::default()
-                },
-            )
-        });
+        let text = s.text.filter(|t| t.cond_emb);
+        let time = TimeMlp::new(p / "temb_layer1", p / "temb_layer2", td, false, init);
+        let cond_emb = text.map(|t| nn::linear(p / "cond_emb", t.dim, td, nn::LinearConfig { bias: false, ..init.linear() }));
         let micro = s
             .micros
             .iter()
             .map(|m| {
                 let q = p / "cond_layers" / m.key.as_str();
-                (m.clone(), TimeMlp::new(&q / 0, &q / 1, td, true))
+                (m.clone(), TimeMlp::new(&q / 0, &q / 1, td, true, init))
             })
             .collect();
-        let rc = &s.resolution_channels;
-        let n = rc.len();
-        let mut ch = rc[0];
-        let conv_in = conv3(&(p / "conv_in"), cin, ch, 1, false);
-        let attn_cond = |i: usize| {
-            if s.attention_layers[i] > 0 {
-                s.cond_dim
-            } else {
-                -1
-            }
-        };
-
-        // Down blocks, recording the skip widths: conv_in, each ResNet, each downsample.
-        let mut skip_ch = vec![ch];
-        let mut down_blocks = vec![];
-        #[allow(clippy::needless_range_loop)]
-        for i in 0..n {
-            let mut chans = vec![];
-            for _ in 0..s.num_resnets[i] {
-                chans.push((ch, rc[i]));
-                skip_ch.push(rc[i]);
-                ch = rc[i];
-            }
-            if i != n - 1 {
-                skip_ch.push(ch);
-            }
-            let spec = BlockSpec {
-                channels: chans,
-                attention_layers: s.attention_layers[i],
-                cond_dim: attn_cond(i),
-                attention_ffn: s.attention_ffn,
-                down: i != n - 1,
-                up: false,
-                temporal_layers: s.temporal_layers[i],
-                temporal_pos_emb: s.temporal_pos_emb,
-            };
-            down_blocks.push(ResNetBlock::new(
-                &(p / "down_blocks" / i),
-                &spec,
-                td,
-                s.groups,
-                s.dropout,
-            ));
-        }
-
+        let blocks = s.blocks();
+        let conv_in = conv3(&(p / "conv_in"), cin, s.resolutions[0].channels, 1, init);
+        let block = |path: nn::Path, b| ResNetBlock::new(&path, b, td, s.groups, s.dropout, init);
+        let down_blocks = blocks.down.iter().enumerate().map(|(i, b)| block(p / "down_blocks" / i, b)).collect();
         // Mid blocks: [ResNet + one attention with cross-attention], [ResNet].
-        let mid_blocks = s.mid_blocks.then(|| {
-            let a = BlockSpec {
-                channels: vec![(ch, ch)],
-                attention_layers: 1,
-                cond_dim: s.cond_dim,
-                attention_ffn: s.attention_ffn,
-                down: false,
-                up: false,
-                temporal_layers: 0,
-                temporal_pos_emb: false,
-            };
-            let b = BlockSpec {
-                attention_layers: 0,
-                cond_dim: -1,
-                ..a.clone()
-            };
-            (
-                ResNetBlock::new(&(p / "mid_blocks" / 0), &a, td, s.groups, s.dropout),
-                ResNetBlock::new(&(p / "mid_blocks" / 1), &b, td, s.groups, s.dropout),
-            )
-        });
-
-        // Up blocks, from the lowest resolution: num_resnets + 1 ResNets, each eating a skip.
-        let mut up_blocks = vec![];
-        for (k, i) in (0..n).rev().enumerate() {
-            let mut chans = vec![];
-            for _ in 0..=s.num_resnets[i] {
-                let skip = skip_ch.pop().unwrap_or(0);
-                chans.push((ch + skip, rc[i]));
-                ch = rc[i];
-            }
-            let spec = BlockSpec {
-                channels: chans,
-                attention_layers: s.attention_layers[i],
-                cond_dim: attn_cond(i),
-                attention_ffn: s.attention_ffn,
-                down: false,
-                up: i != 0,
-                temporal_layers: s.temporal_layers[i],
-                temporal_pos_emb: s.temporal_pos_emb,
-            };
-            up_blocks.push(ResNetBlock::new(
-                &(p / "up_blocks" / k),
-                &spec,
-                td,
-                s.groups,
-                s.dropout,
-            ));
-        }
+        let mid_blocks = blocks.mid.as_ref().map(|[a, b]| (block(p / "mid_blocks" / 0, a), block(p / "mid_blocks" / 1, b)));
+        let up_blocks = blocks.up.iter().enumerate().map(|(k, b)| block(p / "up_blocks" / k, b)).collect();
+        let ch = blocks.out_channels;
         let norm_out = group_norm(&(p / "norm_out"), s.groups, ch);
-        let conv_out = conv3(&(p / "conv_out"), ch, cout, 1, true);
+        let conv_out = conv3(&(p / "conv_out"), ch, cout, 1, Init::Zeros);
 
         // Text conditioning modules (used only by the innermost level, present per config).
-        let lm_proj = s.has_lm_proj.then(|| {
-            nn::linear(
-                p / "lm_proj",
-                s.input_cond_dim,
-                s.cond_dim,
-                super::lin(),
-            )
-        });
-        let lm_head = (0..s.lm_head_layers)
-            .map(|i| TextSelfAttention::new(&(p / "lm_head" / i), s.cond_dim))
-            .collect();
+        let lm_proj = text.filter(|t| t.lm_proj).map(|t| nn::linear(p / "lm_proj", t.input_dim, t.dim, init.linear()));
+        let lm_head = match text {
+            Some(t) => (0..t.lm_head_layers).map(|i| TextSelfAttention::new(&(p / "lm_head" / i), t.dim, init)).collect(),
+            None => vec![],
+        };
 
         let nest = s.nested.as_ref().map(|ns| {
-            let inner = Box::new(UNetLevel::new(
-                &(p / "inner_unet"),
-                &ns.inner,
-                cin,
-                cout,
-                num_classes,
-            ));
-            let inner_ch = ns.inner.resolution_channels[0];
-            let last = rc[n - 1];
+            let inner = Box::new(UNetLevel::new(&(p / "inner_unet"), &ns.inner, cin, cout, num_classes, init));
+            let inner_ch = ns.inner.resolutions[0].channels;
+            let last = s.resolutions[s.resolutions.len() - 1].channels;
             Nest {
                 inner,
-                in_adapter: ns
-                    .in_adapter
-                    .then(|| conv3(&(p / "in_adapter"), last, inner_ch, 1, true)),
-                out_adapter: conv3(&(p / "out_adapter"), inner_ch, last, 1, true),
+                in_adapter: ns.in_adapter.then(|| conv3(&(p / "in_adapter"), last, inner_ch, 1, Init::Zeros)),
+                out_adapter: conv3(&(p / "out_adapter"), inner_ch, last, 1, Init::Zeros),
                 skip_normalization: ns.skip_normalization,
             }
         });
-        let class_emb = match (&nest, num_classes) {
-            (None, Some(k)) => Some(nn::embedding(
-                p / "class_emb",
-                k + 1,
-                s.input_cond_dim,
-                Default::default(),
-            )),
+        // The class table has the text width (validated: class models set it).
+        let class_emb = match (&nest, num_classes, s.text) {
+            (None, Some(k), Some(t)) => Some(nn::embedding(p / "class_emb", k + 1, t.input_dim, init.embedding())),
             _ => None,
         };
         UNetLevel {
@@ -262,7 +160,7 @@ impl UNetLevel {
             c = l.forward(&c);
             trace.put(prefix, "lm_proj", &c);
         }
-        let masked = self.spec.masked_cross_attention;
+        let masked = self.spec.text.is_some_and(|t| t.masked);
         for h in &self.lm_head {
             c = h.forward(&c, masked.then_some(&mask));
         }
@@ -279,19 +177,12 @@ impl UNetLevel {
 
     /// `temb = time_mlp(t) + cond_emb + Σ micro_mlp(micro)`; `times` and `micros` per clip,
     /// `cond_emb` per frame (clips of `frames` frames), the result per frame.
-    fn time_embedding(
-        &self,
-        times: &Tensor,
-        cond_emb: Option<&Tensor>,
-        micros: &Micros,
-        frames: i64,
-        trace: &mut Trace,
-        prefix: &str,
-    ) -> Tensor {
+    fn time_embedding(&self, sh: &Shared, trace: &mut Trace, prefix: &str) -> Tensor {
+        let times = sh.times;
         let mut temb = self.time.forward(times);
         trace.put(prefix, "temb_layer2", &temb);
         for (m, mlp) in &self.micro {
-            let v = match micros.get(&m.key) {
+            let v = match sh.micros.get(&m.key) {
                 Some(v) => v.to_kind(tch::Kind::Float),
                 None => times.ones_like().to_kind(tch::Kind::Float) * m.default,
             };
@@ -305,10 +196,10 @@ impl UNetLevel {
             trace.put(prefix, &format!("cond_layers.{}.1", m.key), &e);
             temb = temb + e;
         }
-        if frames > 1 {
-            temb = temb.repeat_interleave_self_int(frames, Some(0), None);
+        if sh.frames > 1 {
+            temb = temb.repeat_interleave_self_int(sh.frames, Some(0), None);
         }
-        match cond_emb {
+        match sh.cond_emb {
             Some(c) => temb + c,
             None => temb,
         }
@@ -317,33 +208,19 @@ impl UNetLevel {
     /// One level's forward (ml-mdm's `forward_denoising`). `x_t` holds this level's input and
     /// the inner levels' inputs; `feat` the outer features (nesting). Returns the predictions
     /// from this level inwards and this level's pre-`norm_out` features.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_level(
-        &self,
-        x_t: &[Tensor],
-        feat: Option<&Tensor>,
-        times: &Tensor,
-        cond_emb: Option<&Tensor>,
-        cond: Option<&Tensor>,
-        mask: Option<&Tensor>,
-        micros: &Micros,
-        train: bool,
-        frames: i64,
-        trace: &mut Trace,
-        prefix: &str,
-    ) -> (Vec<Tensor>, Tensor) {
+    pub(crate) fn forward_level(&self, x_t: &[Tensor], feat: Option<&Tensor>, sh: &Shared, trace: &mut Trace, prefix: &str) -> (Vec<Tensor>, Tensor) {
         // 1. time embedding (full batch; per frame for clips), then this level's share of it.
-        let temb_full = self.time_embedding(times, cond_emb, micros, frames, trace, prefix);
+        let temb_full = self.time_embedding(sh, trace, prefix);
         let bh = x_t[0].size()[0];
         let temb = temb_full.narrow(0, 0, bh);
-        let cond_h = cond.map(|c| c.narrow(0, 0, bh));
-        let mask_h = mask.map(|m| m.narrow(0, 0, bh));
+        let cond_h = sh.tokens.map(|c| c.narrow(0, 0, bh));
+        let mask_h = sh.mask.map(|m| m.narrow(0, 0, bh));
         let ctx = Ctx {
             temb: &temb,
             cond: cond_h.as_ref(),
             cond_mask: mask_h.as_ref(),
-            train,
-            frames,
+            train: sh.train,
+            frames: sh.frames,
         };
 
         // 2. input layer (outer nested levels may normalise their input).
@@ -386,19 +263,7 @@ impl UNetLevel {
                 }
             });
             let ip = format!("{prefix}inner_unet.");
-            let (outs, f) = n.inner.forward_level(
-                &x_t[1..],
-                x_inner.as_ref(),
-                times,
-                cond_emb,
-                cond,
-                mask,
-                micros,
-                train,
-                frames,
-                trace,
-                &ip,
-            );
+            let (outs, f) = n.inner.forward_level(&x_t[1..], x_inner.as_ref(), sh, trace, &ip);
             let f = n.out_adapter.forward(&f);
             trace.put(prefix, "out_adapter", &f);
             x = x + f.narrow(0, 0, bh);
@@ -412,10 +277,9 @@ impl UNetLevel {
         }
 
         // 5. up blocks: each takes num_resnets + 1 skips, most recent first.
-        let n = self.spec.resolution_channels.len();
+        let n = self.spec.resolutions.len();
         for (k, b) in self.up_blocks.iter().enumerate() {
-            let ri = n - 1 - k;
-            let take = (self.spec.num_resnets[ri] + 1) as usize;
+            let take = self.spec.resolutions[n - 1 - k].resnets + 1;
             let mut mine: Vec<Tensor> = skips.split_off(skips.len().saturating_sub(take));
             mine.reverse();
             x = b.forward(&x, &ctx, Some(&mut mine)).0;

@@ -545,7 +545,7 @@ impl Trainer {
             }
             run_config::CondKind::None => Conditioning::None,
             run_config::CondKind::Text => {
-                let d = self.run.model.top.innermost().input_cond_dim;
+                let d = self.run.model.top.innermost().text.map_or(0, |t| t.input_dim);
                 crate::model::null_condition(
                     &Conditioning::Text {
                         tokens: Tensor::zeros([1, 1, d], (Kind::Float, self.device)),
