@@ -54,7 +54,13 @@ fn kill_9_then_rerun(killed: &Path, reference: &Path, args: &[String], chunks: u
             break Err(format!("the run ended ({status}) before its pause"));
         }
         if sidecar(chunks - 1).exists() {
-            break Ok(());
+            // Held there: a run that went on would write the next sidecar or end meanwhile.
+            std::thread::sleep(Duration::from_millis(500));
+            break match child.try_wait().expect("try_wait") {
+                Some(status) => Err(format!("the run ended ({status}) instead of pausing")),
+                None if sidecar(chunks).exists() => Err("the run went on past its pause".to_string()),
+                None => Ok(()),
+            };
         }
         if start.elapsed() > Duration::from_secs(120) {
             break Err("no pause within 120 s".to_string());
