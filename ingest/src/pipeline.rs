@@ -236,7 +236,7 @@ impl OpenChunk {
 
 /// Test hook, not for normal use: with `MDM_TEST_PAUSE_AFTER_CHUNKS=N` (N ≥ 1) in its
 /// environment, a run blocks forever once it has sealed N chunks, before anything else is
-/// written, so that a test can SIGKILL it at a known point (`tests/ingest_cli.rs`). Read once
+/// written, so that a test can SIGKILL it at a known point (`tests/it/ingest_cli.rs`). Read once
 /// per run, when its writer starts; unset, or not a positive number, it changes nothing.
 #[doc(hidden)]
 pub const TEST_PAUSE_AFTER_CHUNKS: &str = "MDM_TEST_PAUSE_AFTER_CHUNKS";

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fixture of the converter test `inception_converter_reads_both_torch_formats` (tests/eval_cli.rs):
+"""Fixture of the converter test `inception_converter_reads_both_torch_formats` (tests/it/eval_cli.rs):
 
     /work/refvenv/bin/python tools/metrics_fixtures/converter.py metrics/tests/fixtures/convert
 

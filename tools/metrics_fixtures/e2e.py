@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden for the end-to-end test `fid_of_two_image_folders_equals_pytorch_fid` (tests/eval_cli.rs):
+"""Golden for the end-to-end test `fid_of_two_image_folders_equals_pytorch_fid` (tests/it/eval_cli.rs):
 pytorch-fid's own command path, `calculate_fid_given_paths([A, B])`, on two folders of PNGs.
 
     /work/refvenv/bin/python tools/metrics_fixtures/e2e.py metrics/tests/fixtures/e2e

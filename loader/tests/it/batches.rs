@@ -1,6 +1,6 @@
 //! What batches hold: mixed resolutions, buckets, mixed sets, text, video.
 
-mod common;
+use crate::common;
 use common::*;
 use mdm_loader::{Batch, Error, LoaderBuilder, Shuffle};
 use mdm_shards::RecordKind;

@@ -1,7 +1,7 @@
 //! The global order: exactly once per epoch, independent of world size and worker count, and
 //! resumable at any step.
 
-mod common;
+use crate::common;
 use common::*;
 use mdm_loader::{Batch, EpochEnd, Error, LoaderState, Shuffle};
 

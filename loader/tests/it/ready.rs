@@ -1,7 +1,7 @@
 //! `Loader::ready_within`: a bounded wait that says true once
 //! `next()` will not block (what the Python binding waits on between signal checks).
 
-mod common;
+use crate::common;
 use common::*;
 use std::time::{Duration, Instant};
 

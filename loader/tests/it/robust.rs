@@ -1,6 +1,6 @@
 //! Corrupt rows under both policies, and bounded memory under a slow consumer.
 
-mod common;
+use crate::common;
 use common::*;
 use mdm_loader::{Batch, CorruptPolicy, Error};
 use mdm_shards::{Body, RecordKind};

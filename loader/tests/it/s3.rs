@@ -1,7 +1,7 @@
 //! Shard sets on S3: a real S3-compatible server (moto, installed in .venv by
 //! scripts/setup.sh) on loopback; a fault proxy in front of it answers 503 to show retries.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::io::{Read, Write};

@@ -1,6 +1,6 @@
 //! Corruption is found and located; interrupted writes leave nothing visible.
 
-mod common;
+use crate::common;
 use common::*;
 use mdm_shards::*;
 

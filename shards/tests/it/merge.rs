@@ -1,6 +1,6 @@
 //! Part manifests merge into one; incompatible parts are refused.
 
-mod common;
+use crate::common;
 use common::*;
 use mdm_shards::*;
 

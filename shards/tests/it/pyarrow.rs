@@ -1,7 +1,7 @@
 //! The shards are plain Parquet: pyarrow (installed in .venv by scripts/setup.sh) reads them
 //! with the schema documented in shards/FORMAT.md.
 
-mod common;
+use crate::common;
 use common::*;
 use mdm_shards::*;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Write → read round trips of every record kind, rolling, projection and validation.
 
-mod common;
+use crate::common;
 use common::*;
 use mdm_shards::*;
 

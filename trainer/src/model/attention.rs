@@ -1,7 +1,7 @@
 //! Attention layers, on libtorch's `scaled_dot_product_attention` (flash kernels on GPU).
 //!
 //! ml-mdm scales q and k each by `ch^(-1/4)` and runs an explicit softmax; that is the
-//! standard `1/sqrt(ch)` attention, which SDPA computes (`tests/attention.rs` checks the two
+//! standard `1/sqrt(ch)` attention, which SDPA computes (`tests/it/model_features.rs` checks the two
 //! agree). Heads are fixed at 8, each taking a contiguous block of `C/8` channels.
 
 use tch::{nn, nn::Module, Tensor};

@@ -1,7 +1,7 @@
 //! Diffusion features beyond the tables: mixed-resolution batches, level weights, the
 //! sampling loop with DDPM/DDIM, guidance and thresholding, the denoiser's loss.
 
-mod common;
+use crate::common;
 
 use mdm_trainer::{
     config::ModelConfig,
@@ -75,6 +75,7 @@ fn text(b: i64) -> Conditioning {
 
 #[test]
 fn mixed_ratio_trains_the_outer_level_on_its_share_only() {
+    let _rng = common::torch_rng();
     let (_vs, model, d) = setup();
     assert_eq!(d.scales, vec![2, 1]);
     assert_eq!(d.level_batch(4), vec![2, 4]);
@@ -126,6 +127,7 @@ fn mixed_ratio_trains_the_outer_level_on_its_share_only() {
 
 #[test]
 fn sampling_ddpm_ddim_guidance_and_thresholds() {
+    let _rng = common::torch_rng();
     let (_vs, model, d) = setup();
     let b = 2;
     let noise = || {
@@ -249,6 +251,7 @@ fn sampling_ddpm_ddim_guidance_and_thresholds() {
 
 #[test]
 fn timesteps_and_config_validation() {
+    let _rng = common::torch_rng();
     let cfg = DiffusionConfig::published(2);
     let d = NestedDiffusion::new(&cfg, &[4, 1], Device::Cpu).expect("diffusion");
     let ts = d.timesteps(10);
@@ -275,6 +278,7 @@ fn timesteps_and_config_validation() {
 /// dropout uniform below `cfg_dropout` it is the loss on the null condition sampling uses.
 #[test]
 fn the_denoiser_loss_is_the_full_batch_loss_and_drops_to_the_null_condition() {
+    let _rng = common::torch_rng();
     let (_vs, model, d) = setup();
     let den = Denoiser::new(&model, &d);
     let images = Tensor::rand([4, 3, 16, 16], cpu()) * 2.0 - 1.0;
@@ -316,6 +320,7 @@ fn the_denoiser_loss_is_the_full_batch_loss_and_drops_to_the_null_condition() {
 /// level; DDPM gets there too; the loop asks for one prediction per step, at times N−1 … 0.
 #[test]
 fn the_sampling_loop_recovers_x0_from_an_oracle_denoiser() {
+    let _rng = common::torch_rng();
     use mdm_trainer::diffusion::loss::pred_from_x0;
     let (_vs, _model, d) = setup();
     let pt = d.cfg.sampler_config.prediction_type;

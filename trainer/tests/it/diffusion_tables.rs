@@ -6,7 +6,7 @@
 
 #![allow(clippy::needless_range_loop)] // levels index several parallel lists
 
-mod common;
+use crate::common;
 
 use mdm_trainer::diffusion::{
     loss::{target, x0_eps_from_pred},
@@ -218,10 +218,12 @@ fn run(name: &str) {
 
 #[test]
 fn cc12m_256x256_diffusion_matches_mlmdm() {
+    let _rng = common::torch_rng();
     run("cc12m_256x256");
 }
 
 #[test]
 fn cc12m_1024x1024_diffusion_matches_mlmdm() {
+    let _rng = common::torch_rng();
     run("cc12m_1024x1024");
 }

@@ -6,7 +6,7 @@
 //! `lm_outputs`, `lm_mask` and `micros.<key>` of `<name>_io.safetensors`, and every
 //! `out.*`/`debug.*` tensor there is compared.
 
-mod common;
+use crate::common;
 
 use mdm_trainer::{
     config::ModelConfig,
@@ -91,10 +91,12 @@ fn run(name: &str) {
 
 #[test]
 fn tiny_unet_matches_mlmdm() {
+    let _rng = common::torch_rng();
     run("tiny_unet");
 }
 
 #[test]
 fn tiny_nested_unet_matches_mlmdm() {
+    let _rng = common::torch_rng();
     run("tiny_nested_unet");
 }

@@ -1,6 +1,8 @@
 //! The forward FLOP counter (`mdm_trainer::flops`), checked against an independent count
 //! from the parameter table, against hand-computed toy models, and for its scaling laws.
 
+use crate::common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -110,6 +112,7 @@ fn check_against_table(name: &str, top_side: i64, batch: &[i64], tokens: i64, fr
 
 #[test]
 fn tiny_configs_match_the_parameter_table() {
+    let _rng = common::torch_rng();
     // Class models: the label is one token.
     check_against_table("tiny_32x32", 32, &[3], 1, 1);
     check_against_table("tiny_64x64", 64, &[2, 2], 1, 1);
@@ -122,6 +125,7 @@ fn tiny_configs_match_the_parameter_table() {
 
 #[test]
 fn published_configs_match_the_parameter_table() {
+    let _rng = common::torch_rng();
     check_against_table("cc12m_64x64", 64, &[4], 128, 1);
     check_against_table("cc12m_256x256", 256, &[3, 8], 128, 1);
     check_against_table("cc12m_1024x1024", 1024, &[1, 2, 2], 128, 1);
@@ -143,6 +147,7 @@ resnet_config = { num_groups_norm = 32 }
 
 #[test]
 fn toy_model_by_hand() {
+    let _rng = common::torch_rng();
     // One resolution of 32 channels, side 8 (64 pixels), one sample, no text, no mid blocks:
     //   conv_in 3→32 3×3:                     2·3·32·9·64            =    110,592
     //   down ResNet 32→32: conv1 + conv2      2·(2·32·32·9·64)       =  2,359,296
@@ -173,6 +178,7 @@ fn toy_model_by_hand() {
 
 #[test]
 fn scaling_in_batch_pixels_tokens_and_frames() {
+    let _rng = common::torch_rng();
     // Linear in the batch (every level scaled together, text and time MLPs included).
     let cfg = model("cc12m_256x256");
     let sides = level_sides(&cfg, 256);
@@ -210,6 +216,7 @@ fn scaling_in_batch_pixels_tokens_and_frames() {
 
 #[test]
 fn rejects_inconsistent_inputs() {
+    let _rng = common::torch_rng();
     let cfg = model("cc12m_256x256");
     assert!(forward_flops(&cfg, &[256], &[1], 128, 1).is_err());
     assert!(forward_flops(&cfg, &[256, 32], &[1, 1], 128, 1).is_err());
@@ -219,6 +226,7 @@ fn rejects_inconsistent_inputs() {
 
 #[test]
 fn published_configs_per_image() {
+    let _rng = common::torch_rng();
     // For the record (bench/RESULTS.md): forward GFLOPs per sample, T5 states of 128 tokens.
     for (name, side, frames) in [("cc12m_64x64", 64, 1), ("cc12m_256x256", 256, 1), ("cc12m_1024x1024", 1024, 1), ("webvid_64x64", 64, 16)] {
         let cfg = model(name);

@@ -1,7 +1,7 @@
 //! Progressive growth: a NestedUNet initialised from a lower-resolution checkpoint predicts,
 //! on its inner level, exactly what the lower model predicts.
 
-mod common;
+use crate::common;
 
 use mdm_trainer::{
     config::{ConfigFile, ModelConfig},
@@ -50,6 +50,7 @@ fn lower_config(nested: &ModelConfig) -> ModelConfig {
 
 #[test]
 fn inner_prediction_unchanged_after_growth() {
+    let _rng = common::torch_rng();
     tch::manual_seed(7);
     let dir = tempdir();
     let big_cfg = ModelConfig::from_toml_str(nested_toml()).expect("nested config");
@@ -135,6 +136,7 @@ fn inner_prediction_unchanged_after_growth() {
 
 #[test]
 fn growth_rejects_a_checkpoint_that_does_not_fit() {
+    let _rng = common::torch_rng();
     let dir = tempdir();
     let big_cfg = ModelConfig::from_toml_str(nested_toml()).expect("nested config");
     let vs = VarStore::new(Device::Cpu);

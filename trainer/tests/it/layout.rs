@@ -2,7 +2,7 @@
 //! `configs/models/cc12m_*.toml` gives exactly ml-mdm's `state_dict` names, shapes and
 //! totals (`keys_cc12m_*.tsv`, built by ml-mdm with conditioning_feature_dim = 2048).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
@@ -73,6 +73,7 @@ fn check(name: &str, expected_entries: usize, expected_total: i64) {
 /// One test for the three configs, so that at most one ~1.9 GB model is alive at a time.
 #[test]
 fn published_layouts_equal_mlmdm() {
+    let _rng = common::torch_rng();
     check("cc12m_64x64", 713, 461_359_107);
     check("cc12m_256x256", 889, 476_613_958);
     check("cc12m_1024x1024", 1063, 480_970_057);

@@ -1,7 +1,7 @@
 //! Model features beyond the goldens: SDPA vs ml-mdm's explicit attention, text
 //! self-attention layers and masking, class conditioning, config errors.
 
-mod common;
+use crate::common;
 
 use mdm_trainer::{
     config::ModelConfig,
@@ -47,6 +47,7 @@ fn randomise(vs: &VarStore) {
 
 #[test]
 fn sdpa_attention_equals_explicit_softmax() {
+    let _rng = common::torch_rng();
     tch::manual_seed(1);
     for (c, l, s) in [(32i64, 16i64, 16i64), (64, 9, 5), (256, 64, 77)] {
         let q = Tensor::randn([2, c, l], cpu()) * 3.0;
@@ -88,6 +89,7 @@ fn run(model: &MdmUNet, tokens: &Tensor, mask: &Tensor) -> Tensor {
 
 #[test]
 fn text_self_attention_layers_honour_the_mask() {
+    let _rng = common::torch_rng();
     for layers in [0, 2] {
         let cfg = ModelConfig::from_toml_str(&small_toml(
             &format!("num_lm_head_layers = {layers}\nmasked_cross_attention = 1"),
@@ -124,6 +126,7 @@ fn text_self_attention_layers_honour_the_mask() {
 
 #[test]
 fn unmasked_cross_attention_sees_padding_like_mlmdm() {
+    let _rng = common::torch_rng();
     // masked_cross_attention = 0 (ml-mdm's published setting): the pooled mean still uses the
     // mask, cross-attention does not.
     let cfg =
@@ -140,6 +143,7 @@ fn unmasked_cross_attention_sees_padding_like_mlmdm() {
 
 #[test]
 fn class_conditioning_with_null_class() {
+    let _rng = common::torch_rng();
     let cfg = ModelConfig::from_toml_str(&small_toml("", "num_classes = 10")).expect("config");
     let vs = VarStore::new(Device::Cpu);
     let model = MdmUNet::new(&vs.root(), &cfg).expect("model");
@@ -176,6 +180,7 @@ fn class_conditioning_with_null_class() {
 
 #[test]
 fn unknown_keys_and_bad_values_are_errors() {
+    let _rng = common::torch_rng();
     let e =
         ModelConfig::from_toml_str(&small_toml("not_a_field = 1", "")).expect_err("unknown key");
     assert!(e.to_string().contains("not_a_field"), "{e}");
@@ -205,6 +210,7 @@ fn unknown_keys_and_bad_values_are_errors() {
 
 #[test]
 fn published_presets_and_fixture_configs_parse() {
+    let _rng = common::torch_rng();
     let root = common::workspace_root().join("configs/models");
     for (name, levels, scales) in [
         ("cc12m_64x64", 1, vec![1]),
@@ -227,6 +233,7 @@ fn published_presets_and_fixture_configs_parse() {
 
 #[test]
 fn label_dropout_and_freezing() {
+    let _rng = common::torch_rng();
     use mdm_trainer::model::{cfg_dropout, Conditioning};
     tch::manual_seed(2);
     let labels = Tensor::arange(1000, (Kind::Int64, Device::Cpu)).remainder(7);
@@ -273,6 +280,7 @@ resnet_config = { num_groups_norm = 4 }
 
 #[test]
 fn parameter_shapes_builds_fast_and_leaves_normal_init_alone() {
+    let _rng = common::torch_rng();
     let cfg = ModelConfig::from_toml_str(&small_toml("", "")).expect("config");
     let rows = mdm_trainer::model::parameter_shapes(&cfg).expect("shapes");
     let vs = VarStore::new(Device::Cpu);

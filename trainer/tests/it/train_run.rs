@@ -1,6 +1,8 @@
 //! Training runs end to end on CPU with tiny models and generated shards: exact resume,
 //! checkpoints, growth with mixed-resolution batches, the NaN guard, CFG dropout, configs.
 
+use crate::common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -11,14 +13,6 @@ use mdm_trainer::tch::{Device, Kind, Tensor};
 use mdm_trainer::train::{self, batch, Outcome, RunOptions, Trainer};
 use mdm_trainer::{checkpoint, run_config::TrainConfig};
 use mdm_trainer::Error;
-
-/// libtorch's default RNG is process-wide and every run reseeds it: tests that train or draw
-/// random numbers take turns (a real run is one per process).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/models");
 
@@ -119,7 +113,7 @@ fn assert_same_tensors(a: &Path, b: &Path) {
 
 #[test]
 fn resume_repeats_the_uninterrupted_run_exactly() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     let f = fixture();
     let run = "steps = 6\ncheckpoint_every = 4\nkeep_checkpoints = 2";
     let data = "batch_size = 4\ngrad_accum = 2\nresolution = 32\nrandom_flip = true";
@@ -170,7 +164,7 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
 
 #[test]
 fn grown_stage_trains_mixed_resolution_batches() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     let f = fixture();
     let s1 = config(&f.root, "s1", "tiny_32x32.toml", "steps = 2", "batch_size = 4\nresolution = 32", "");
     train::train_from_file(&s1, &quiet()).unwrap();
@@ -228,7 +222,7 @@ fn grown_stage_trains_mixed_resolution_batches() {
 
 #[test]
 fn non_finite_loss_stops_before_touching_the_last_checkpoint() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     let f = fixture();
     let c = config(
         &f.root,
@@ -249,7 +243,7 @@ fn non_finite_loss_stops_before_touching_the_last_checkpoint() {
 
 #[test]
 fn cfg_dropout_nulls_the_condition_at_the_set_rate() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     mdm_trainer::tch::manual_seed(3);
     let n = 4000;
     let tokens = Tensor::ones([n, 5, 8], (Kind::Float, Device::Cpu));
@@ -277,7 +271,7 @@ fn cfg_dropout_nulls_the_condition_at_the_set_rate() {
 
 #[test]
 fn configs_are_validated_once_with_clear_errors() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     let f = fixture();
     let cases = [
         ("[data]\nshards = [\"s\"]\nbatch_size = 2\nbogus = 1", "bogus"),
@@ -308,7 +302,7 @@ fn configs_are_validated_once_with_clear_errors() {
 
 #[test]
 fn bf16_runs_train_from_fp32_master_weights() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     let f = fixture();
     let run = "steps = 2\ncheckpoint_every = 2";
     let data = "batch_size = 2\nresolution = 32";
@@ -330,7 +324,7 @@ fn bf16_runs_train_from_fp32_master_weights() {
 
 #[test]
 fn bf16_forward_agrees_with_f32() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     use mdm_trainer::config::ModelConfig;
     use mdm_trainer::model::MdmUNet;
     mdm_trainer::tch::manual_seed(0);
@@ -358,6 +352,7 @@ fn bf16_forward_agrees_with_f32() {
 
 #[test]
 fn every_preset_validates() {
+    let _rng = common::torch_rng();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/train");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
@@ -391,6 +386,7 @@ fn every_preset_validates() {
 /// turn is the inner level of the 256² video model.
 #[test]
 fn cc12m_64_inflates_into_webvid_64() {
+    let _rng = common::torch_rng();
     use mdm_trainer::config::ModelConfig;
     use mdm_trainer::model::parameter_shapes;
     let image = parameter_shapes(&ModelConfig::from_file(format!("{MODELS}/cc12m_64x64.toml")).unwrap()).unwrap();
@@ -414,6 +410,7 @@ fn cc12m_64_inflates_into_webvid_64() {
 
 #[test]
 fn imagenet_64_grows_into_imagenet_256() {
+    let _rng = common::torch_rng();
     use mdm_trainer::config::ModelConfig;
     use mdm_trainer::model::parameter_shapes;
     let lower = parameter_shapes(&ModelConfig::from_file(format!("{MODELS}/imagenet_64x64.toml")).unwrap()).unwrap();
@@ -428,11 +425,11 @@ fn imagenet_64_grows_into_imagenet_256() {
 
 #[test]
 fn a_batch_without_outer_samples_trains_the_inner_level_only() {
+    let _rng = common::torch_rng();
     use mdm_trainer::config::ModelConfig;
     use mdm_trainer::denoiser::{Denoiser, LossOptions, TrainBatch};
     use mdm_trainer::diffusion::NestedDiffusion;
     use mdm_trainer::model::MdmUNet;
-    let _serial = serial();
     mdm_trainer::tch::manual_seed(1);
     let cfg = ModelConfig::from_file(format!("{MODELS}/tiny_64x64.toml")).unwrap();
     let vs = mdm_trainer::tch::nn::VarStore::new(Device::Cpu);

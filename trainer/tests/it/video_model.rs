@@ -1,7 +1,7 @@
 //! Video models (`temporal_mode`): config rules, the temporal attention block against an
 //! independent formulation, clip independence, and inflation from an image checkpoint.
 
-mod common;
+use crate::common;
 
 use mdm_trainer::{
     config::ModelConfig,
@@ -12,13 +12,6 @@ use mdm_trainer::{
     train, weights,
 };
 use tch::{nn::VarStore, Device, Kind, Tensor};
-
-/// libtorch's RNG is process-wide: tests that seed it and draw from it take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A one-level 16² text UNet; `video` adds temporal attention at the 8² resolution.
 fn unet_toml(video: bool) -> String {
@@ -104,6 +97,7 @@ fn text(clips: i64) -> Conditioning {
 
 #[test]
 fn config_rules() {
+    let _rng = common::torch_rng();
     let ok = ModelConfig::from_toml_str(&unet_toml(true)).expect("video config");
     assert!(ok.is_video());
     let temporal: Vec<usize> = ok.top.resolutions.iter().map(|r| r.temporal.map_or(0, |t| t.layers)).collect();
@@ -163,7 +157,7 @@ fn reference_block(vars: &std::collections::BTreeMap<String, Tensor>, x: &Tensor
 
 #[test]
 fn temporal_block_matches_its_written_out_formula() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     let vs = VarStore::new(Device::Cpu);
     let block = TemporalAttention::new(&(vs.root() / "t"), 64, true, Init::Random);
     let vars: std::collections::BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
@@ -200,7 +194,7 @@ fn temporal_block_matches_its_written_out_formula() {
 
 #[test]
 fn clips_stay_apart_and_frames_interact() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     tch::manual_seed(11);
     let (_, vs, model) = build(&unet_toml(true));
     randomize(&vs, 0.1);
@@ -240,7 +234,7 @@ fn clips_stay_apart_and_frames_interact() {
 /// does (one level, and nested with an added outer level: the inner prediction).
 #[test]
 fn inflated_from_an_image_checkpoint_predicts_like_it() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     tch::manual_seed(5);
     let dir = tempfile::tempdir().expect("tmp");
     let (_, ivs, image) = build(&unet_toml(false));
@@ -311,7 +305,7 @@ fn inflated_from_an_image_checkpoint_predicts_like_it() {
 /// A training step on clips: one t per clip, finite loss, gradients reach the temporal blocks.
 #[test]
 fn a_training_step_on_clips() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     tch::manual_seed(2);
     let (cfg, vs, model) = build(nested_video_toml());
     // (Zero-initialised output layers would stop every gradient before them.)
@@ -344,8 +338,8 @@ fn a_training_step_on_clips() {
 /// past 1e3 and the loss stalled near 0.42: see `TemporalAttention`.)
 #[test]
 fn a_video_model_fits_a_moving_square() {
+    let _rng = common::torch_rng();
     use mdm_trainer::{optim::FlatOptimizer, run_config::OptimConfig};
-    let _serial = serial();
     tch::manual_seed(4);
     let (cfg, vs, model) = build(&unet_toml(true));
     let diffusion = NestedDiffusion::for_model(&model, &cfg.diffusion(), Device::Cpu).expect("diffusion");
@@ -392,7 +386,7 @@ fn a_video_model_fits_a_moving_square() {
 /// Autograd through the temporal block against central finite differences (f64).
 #[test]
 fn temporal_block_gradients_match_finite_differences() {
-    let _serial = serial();
+    let _rng = common::torch_rng();
     tch::manual_seed(8);
     let mut vs = VarStore::new(Device::Cpu);
     let block = TemporalAttention::new(&(vs.root() / "t"), 64, true, Init::Random);
@@ -431,6 +425,7 @@ fn temporal_block_gradients_match_finite_differences() {
 /// `pictures::clip_frames`: frame f is the grid of every level's frame f, clip c in column c.
 #[test]
 fn clip_frames_are_grids_of_each_frame() {
+    let _rng = common::torch_rng();
     use mdm_trainer::pictures::{clip_frames, gif_bytes};
     let (clips, frames) = (2i64, 3i64);
     // Rows are clip-major (clip c, frame f at row c·F + f); each row is one grey level.

@@ -68,3 +68,10 @@ fn require_fixtures(dir: &std::path::Path) {
         panic!("MDM_REQUIRE_FIXTURES is set but the reference fixtures are missing at {}", dir.display());
     }
 }
+
+/// Held by every test of this binary while it runs: libtorch's random number generator is
+/// process-global, so a seeded test must not share it with another test's draws.
+pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,7 +1,7 @@
 //! Tokenizer against `shared/reference/t5/tokenizer_cases.json`: ids and tokens exact,
 //! truncation to 16 (15 pieces + `</s>`), rejection, and normalization.
 
-mod t5_common;
+use crate::t5_common;
 
 use mdm_ingest::t5::{LongCaptions, T5Tokenizer, Tokenized};
 use serde_json::Value;

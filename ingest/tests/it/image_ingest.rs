@@ -2,8 +2,8 @@
 //! layouts and labels, CC12M tars (broken members, unsafe paths) and tables, determinism
 //! across thread counts, parts + merge, and resume after an interrupted run.
 
-mod image_common;
-mod resume_common;
+use crate::image_common;
+use crate::resume_common;
 use resume_common::{simulate_crash, snapshot};
 
 use std::collections::BTreeMap;

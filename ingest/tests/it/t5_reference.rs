@@ -2,7 +2,7 @@
 //! hidden states and per-block debug tensors within max|a−b| ≤ 1e-4 in fp32 (the README's
 //! tolerance), relative position buckets exact, and bf16 close to fp32.
 
-mod t5_common;
+use crate::t5_common;
 
 use mdm_ingest::t5::{
     relative_position_buckets, Checkpoint, EncodeOptions, LongCaptions, T5Config, T5Device,

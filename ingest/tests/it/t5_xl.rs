@@ -7,7 +7,7 @@
 //! 2 blocks and a 4096-row embedding (≈109 M parameters, bf16, 3 shards), which covers block 0 (with the relative
 //! bias) and a later block at XL shapes.
 
-mod t5_common;
+use crate::t5_common;
 
 use mdm_ingest::t5::{
     tiny_tokenizer_json, write_random_t5, Checkpoint, EncodeOptions, T5Config, T5Device, T5Dtype,

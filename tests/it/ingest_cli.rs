@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 use common::{mdm, ok};
 
 fn jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! Caption embeddings in shards: `--t5` inline at ingest and `embed_shards` (`mdm embed`) on an
 //! existing set, with a seeded random tiny T5 made in the test.
 
-mod image_common;
+use crate::image_common;
 
 use std::path::Path;
 

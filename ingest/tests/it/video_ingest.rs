@@ -4,7 +4,7 @@
 //! the sampling rule, sizes and pixels, rejects, the WebVid CSV and video2dataset tars,
 //! thread independence, parts + merge, and resume after an interrupted run.
 
-mod resume_common;
+use crate::resume_common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! malformed config with its path), and the TextEncoder API (ragged output, provenance,
 //! counters).
 
-mod t5_common;
+use crate::t5_common;
 
 use mdm_ingest::t5::{
     make_tiny_t5, write_safetensors, Checkpoint, EncodeOptions, LongCaptions, StorageDtype,
