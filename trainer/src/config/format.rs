@@ -215,10 +215,7 @@ impl ConfigFile {
             }
             serde_json::from_value(value).map_err(|e| parse(e.to_string()))
         } else {
-            Self::from_toml_str(&text).map_err(|e| match e {
-                Error::ConfigParse { msg, .. } => parse(msg),
-                e => e,
-            })
+            toml::from_str(&text).map_err(|e| parse(e.to_string()))
         }
     }
 

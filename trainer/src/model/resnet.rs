@@ -88,19 +88,18 @@ impl ResNetBlock {
             .map(|(i, &(cin, cout))| ResNet::new(&(p / "resnets" / i), cin, cout, temporal_dim, groups, dropout, init))
             .collect();
         let layers = s.attention.map_or(0, |a| a.layers);
-        let mut attn = vec![];
         let t_layers = s.temporal.map_or(0, |t| t.layers);
-        let mut t_attn = vec![];
-        for (i, &(_, cout)) in s.channels.iter().enumerate() {
-            if let Some(a) = s.attention {
-                for j in 0..a.layers {
+        let (mut attn, mut t_attn) = (vec![], vec![]);
+        if let Some(a) = s.attention {
+            for (i, &(_, cout)) in s.channels.iter().enumerate() {
+                for j in 0..layers {
                     attn.push(SelfAttention::new(&(p / "attn" / (i * layers + j)), cout, a.cross, a.ffn, init));
                 }
             }
         }
-        for (i, &(_, cout)) in s.channels.iter().enumerate() {
-            if let Some(t) = s.temporal {
-                for j in 0..t.layers {
+        if let Some(t) = s.temporal {
+            for (i, &(_, cout)) in s.channels.iter().enumerate() {
+                for j in 0..t_layers {
                     t_attn.push(TemporalAttention::new(&(p / "t_attn" / (i * t_layers + j)), cout, t.pos_emb, init));
                 }
             }
