@@ -114,6 +114,38 @@ impl<'a> Denoiser<'a> {
         Ok(Draws { time, uniform, noise })
     }
 
+    /// ml-mdm's fixed batch split (`diffusion_config.mixed_ratio`, as cumulative shares `m`,
+    /// one per level, the last 1): of a batch drawn wholly at the outermost level, the first
+    /// ⌊m_i·B⌋ samples train level i (and every level inside it). Returns the batch as level
+    /// groups (the samples past ⌊m_{i−1}·B⌋ average-pooled to level i's side, order kept) and
+    /// the draws with each level's noise cut to the samples that train it. Give the loss
+    /// `LossOptions { shares: Some(m) }`: ml-mdm renormalises by the nominal share.
+    pub fn split(&self, batch: TrainBatch, draws: Draws, m: &[f64]) -> Result<(TrainBatch, Draws)> {
+        let levels = self.diffusion.levels();
+        let sizes = batch.group_sizes();
+        if sizes.iter().skip(1).any(|&n| n != 0) {
+            return Err(Error::input(format!("a fixed batch split needs every sample at the outermost level, got groups of {sizes:?}")));
+        }
+        if m.len() != levels || m.windows(2).any(|w| w[0] > w[1]) || m.last().is_none_or(|&x| (x - 1.0).abs() > 1e-9) || m[0] <= 0.0 {
+            return Err(Error::input(format!("batch split {m:?}: one cumulative share per level ({levels}), rising to 1")));
+        }
+        if draws.noise.len() != levels {
+            return Err(Error::input(format!("{} noise tensors for {levels} levels", draws.noise.len())));
+        }
+        let f = batch.frames;
+        let b = batch.len() as i64;
+        let keep: Vec<i64> = m.iter().map(|&r| (r * b as f64) as i64).collect();
+        let pyramid = self.diffusion.pyramid(&batch.groups[0]);
+        let mut groups = vec![];
+        let mut done = 0;
+        for (i, level) in pyramid.iter().enumerate() {
+            groups.push(level.narrow(0, done * f, (keep[i] - done) * f));
+            done = keep[i];
+        }
+        let noise = draws.noise.iter().zip(&keep).map(|(n, &k)| n.narrow(0, 0, k * f)).collect();
+        Ok((TrainBatch { groups, ..batch }, Draws { noise, ..draws }))
+    }
+
     /// The training loss of `batch`: CFG dropout from `draws.uniform`, every level noised at
     /// its shifted γ(t) (outer groups average-pooled into the inner levels), one forward pass,
     /// the per-sample MSE in the loss target's space per level, weighted and summed. Call
@@ -127,8 +159,7 @@ impl<'a> Denoiser<'a> {
         let noise = draws.noise.iter().map(|n| n.shallow_clone()).collect();
         let mut inputs = self.diffusion.inputs_grouped_with(&batch.groups, &time, Some(noise))?;
         inputs.shares = opts.shares.clone();
-        let x = self.diffusion.model_inputs(&inputs);
-        let input = ModelInput::new(&x, &draws.time, &cond).with_frames(batch.frames);
+        let input = ModelInput::new(&inputs.x_t, &draws.time, &cond).with_frames(batch.frames);
         let preds = self.model.forward(&input, true, &mut Trace::off())?;
         self.diffusion.loss(&inputs, &preds)
     }

@@ -231,6 +231,10 @@ pub struct Resolved {
     pub ratio: Vec<(u32, f64)>,
     /// Frames per sample: clip length for video models, 1 for image models.
     pub frames: i64,
+    /// The model's own `diffusion_config.mixed_ratio` (ml-mdm's), as cumulative shares per
+    /// level: each micro-batch, drawn at the outermost side, is split into level groups by
+    /// [`crate::denoiser::Denoiser::split`]. `None` with `data.mixed_ratio` or neither.
+    pub split: Option<Vec<f64>>,
 }
 
 fn bad(field: &str, msg: impl Into<String>) -> Error {
@@ -361,7 +365,8 @@ impl TrainConfig {
                 "video models split batches by clip: use data.mixed_ratio (the loader's) instead",
             ));
         }
-        Ok(Resolved { config: self, model, cond, sides, ratio, frames })
+        let split = model.diffusion().mixed_shares(sides.len()).map_err(|e| bad("model.diffusion_config.mixed_ratio", e.to_string()))?;
+        Ok(Resolved { config: self, model, cond, sides, ratio, frames, split })
     }
 }
 

@@ -2,9 +2,11 @@
 //!
 //! One `t` per sample for all levels; level i's image is the average pool of level i−1; each
 //! level has its own noise and its own (shifted) γ; the network predicts v; the loss is the
-//! MSE in ε space, per sample, summed over levels with optional weights; with `mixed_ratio`
-//! the outer levels see only the first share of the batch and their loss is renormalised.
-//! [`crate::denoiser::Denoiser::loss`] runs these with the network.
+//! MSE in ε space, per sample, summed over levels with optional weights. A batch comes as
+//! level groups (samples drawn at each level's side); a level that trains only part of the
+//! batch has its loss renormalised by its share. [`crate::denoiser::Denoiser::loss`] runs
+//! these with the network; ml-mdm's `mixed_ratio` is a fixed split into such groups
+//! ([`crate::denoiser::Denoiser::split`]).
 
 use tch::{Device, Kind, Tensor};
 
@@ -24,7 +26,6 @@ pub struct NestedDiffusion {
     /// nested schedules; 1 when shifted).
     pub signal_scale: Vec<f64>,
     pub weights: Vec<f64>,
-    pub mixed: Option<Vec<f64>>,
 }
 
 /// Everything computed before the network runs.
@@ -48,7 +49,8 @@ pub struct TrainInputs {
 /// The loss of one batch.
 #[derive(Debug)]
 pub struct LossTerms {
-    /// Per level (B,): per-sample MSE (renormalised and zeroed for mixed batches), weighted.
+    /// Per level (B,): per-sample MSE, weighted; for a level that trains part of the batch,
+    /// renormalised by its share and zero for the samples it does not train.
     pub per_level: Vec<Tensor>,
     /// (B,): sum over levels.
     pub total: Tensor,
@@ -128,7 +130,6 @@ impl NestedDiffusion {
             scales: scales.to_vec(),
             signal_scale,
             weights: cfg.level_weights(levels)?,
-            mixed: cfg.mixed_shares(levels)?,
             cfg: cfg.clone(),
         })
     }
@@ -244,27 +245,8 @@ impl NestedDiffusion {
         Ok(TrainInputs { time: time.shallow_clone(), gamma, gamma_last, images, eps, x_t, targets, shares: None })
     }
 
-    /// Batch size each level's network input keeps (mixed-resolution batches).
-    pub fn level_batch(&self, batch: i64) -> Vec<i64> {
-        match &self.mixed {
-            None => vec![batch; self.levels()],
-            Some(m) => m.iter().map(|&r| (r * batch as f64) as i64).collect(),
-        }
-    }
-
-    /// The network inputs: `x_t` narrowed to each level's share of the batch.
-    pub fn model_inputs(&self, inputs: &TrainInputs) -> Vec<Tensor> {
-        let b = inputs.time.size()[0];
-        inputs
-            .x_t
-            .iter()
-            .zip(self.level_batch(b))
-            .map(|(x, n)| x.narrow(0, 0, n.min(x.size()[0])))
-            .collect()
-    }
-
-    /// The loss given the network's predictions (one per level, each with that level's
-    /// share of the batch, as returned by the model on [`NestedDiffusion::model_inputs`]).
+    /// The loss given the network's predictions (one per level, each with the rows of that
+    /// level's `x_t`, as returned by the model on `inputs.x_t`).
     pub fn loss(&self, inputs: &TrainInputs, preds: &[Tensor]) -> Result<LossTerms> {
         let b = inputs.time.size()[0];
         if preds.len() != self.levels() {
@@ -276,31 +258,18 @@ impl NestedDiffusion {
         }
         let pt = self.cfg.sampler_config.prediction_type;
         let tt = self.cfg.loss_target();
-        let nb = self.level_batch(b);
         let mut per_level = vec![];
         let mut pft = vec![];
         for i in 0..self.levels() {
-            // Rows of this level's inputs: the whole batch, or fewer for grouped inputs.
+            // This level's rows: the whole batch, or the samples of groups 0..=i.
             let rows = inputs.x_t[i].size()[0];
-            let n = nb[i].min(rows);
-            let p = &preds[i];
-            if p.size()[0] != n {
+            let p = preds[i].shallow_clone();
+            if p.size()[0] != rows {
                 return Err(Error::input(format!(
-                    "prediction {i} has batch {}, expected {n}",
+                    "prediction {i} has batch {}, expected {rows}",
                     p.size()[0]
                 )));
             }
-            // Pad to the full batch with zeros (rows past the level's share are discarded).
-            let p = if n < rows {
-                let mut shape = p.size();
-                shape[0] = rows - n;
-                Tensor::cat(
-                    &[p, &Tensor::zeros(shape.as_slice(), (p.kind(), p.device()))],
-                    0,
-                )
-            } else {
-                p.shallow_clone()
-            };
             let x_t = &inputs.x_t[i];
             let g = &inputs.gamma[i];
             let pred = if pt == tt {
@@ -318,17 +287,10 @@ impl NestedDiffusion {
             } else {
                 pred.sum(Kind::Float) * 0.0 * Tensor::ones([rows], (Kind::Float, pred.device()))
             };
-            if let Some(m) = &self.mixed {
-                if i == 0 || self.cfg.use_double_loss {
-                    let keep = Tensor::arange(b, (Kind::Int64, l.device()))
-                        .lt(n)
-                        .to_kind(Kind::Float);
-                    l = l / m[i] * keep;
-                }
-            } else if rows < b || inputs.shares.is_some() {
-                // Grouped inputs: the level's share of the batch is rows/b (or of the global
-                // batch, when given); renormalise like ml-mdm's mixed_ratio and leave the
-                // other samples at zero.
+            // The level's share of the batch is rows/b, or of the global batch (or ml-mdm's
+            // nominal split) when given; renormalise by it (as ml-mdm's mixed_ratio does) and
+            // leave the samples the level does not train at zero.
+            if rows < b || inputs.shares.is_some() {
                 let share = inputs.shares.as_ref().map_or(rows as f64 / b as f64, |s| s[i]);
                 l = if rows > 0 { l / share } else { l };
                 l = l.constant_pad_nd([0, b - rows]);

@@ -379,7 +379,7 @@ impl Trainer {
             if let Some(g) = &self.group {
                 g.all_reduce_sum(&global, &format!("group-size all-reduce at step {}", step + 1))?;
             }
-            let shares = level_shares(&Vec::<f64>::try_from(&global)?);
+            let mut shares = level_shares(&Vec::<f64>::try_from(&global)?);
             let draws = draw_samples(
                 (cfg.run.seed, step, micro),
                 &tb.index,
@@ -389,8 +389,17 @@ impl Trainer {
                 self.diffusion.schedule.steps,
                 self.device,
             )?;
+            let denoiser = Denoiser::new(&self.model, &self.diffusion);
+            // ml-mdm's fixed split: the loader drew every sample at the outermost side.
+            let (tb, draws) = match &self.run.split {
+                Some(m) => {
+                    shares = m.clone();
+                    denoiser.split(tb, draws, m)?
+                }
+                None => (tb, draws),
+            };
             let opts = LossOptions { cfg_dropout: cfg.data.cfg_dropout, shares: Some(shares) };
-            let (l, lv) = forward_backward(&Denoiser::new(&self.model, &self.diffusion), &tb, &draws, &opts)?;
+            let (l, lv) = forward_backward(&denoiser, &tb, &draws, &opts)?;
             loss += l;
             for (acc, t) in per_level.iter_mut().zip(lv) {
                 *acc += t;

@@ -73,56 +73,73 @@ fn text(b: i64) -> Conditioning {
     }
 }
 
+/// ml-mdm's `mixed_ratio` ("1:1": cumulative shares [0.5, 1]) as a fixed split of an
+/// outermost batch: the outer level trains the first ⌊0.5·B⌋ samples, its loss renormalised
+/// by the nominal 0.5 (computed here by hand from ml-mdm's formula on the unsplit batch), and
+/// the inner level trains every sample, the pooled ones included, with its own noise.
 #[test]
 fn mixed_ratio_trains_the_outer_level_on_its_share_only() {
     let _rng = common::torch_rng();
     let (_vs, model, d) = setup();
     assert_eq!(d.scales, vec![2, 1]);
-    assert_eq!(d.level_batch(4), vec![2, 4]);
-    assert_eq!(d.level_batch(7), vec![3, 7]);
-    let images = Tensor::rand([4, 3, 16, 16], cpu()) * 2.0 - 1.0;
-    let inputs = d.sample_inputs(&images).expect("inputs");
-    let x = d.model_inputs(&inputs);
-    assert_eq!(x[0].size()[0], 2);
-    assert_eq!(x[1].size()[0], 4);
-    let cond = text(4);
-    let preds = model
-        .forward(&ModelInput::new(&x, &inputs.time, &cond), true, &mut Trace::off())
-        .expect("forward");
-    let loss = d.loss(&inputs, &preds).expect("loss");
-    // Outer rows past the share are zero; the kept rows are renormalised by 1/0.5 and
-    // weighted by 2.
+    let m = d.cfg.mixed_shares(2).expect("shares").expect("mixed_ratio is set");
+    assert_eq!(m, vec![0.5, 1.0]);
+    let den = Denoiser::new(&model, &d);
+    let images = Tensor::rand([5, 3, 16, 16], cpu()) * 2.0 - 1.0;
+    let cond = text(5);
+    let whole = den.batch_of(images.shallow_clone(), cond.shallow_clone()).expect("batch");
+    let draws = den.draw(&whole).expect("draws");
+    let all_noise: Vec<Tensor> = draws.noise.iter().map(|n| n.copy()).collect();
+    let time = draws.time.copy();
+    let (batch, cut) = den.split(whole, draws, &m).expect("split");
+    // ⌊0.5·5⌋ = 2 samples at 16², the other 3 pooled to 8², order kept.
+    assert_eq!(batch.group_sizes(), vec![2, 3]);
+    assert!(batch.groups[0].equal(&images.narrow(0, 0, 2)));
+    let pooled = images.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None);
+    assert!(batch.groups[1].equal(&pooled.narrow(0, 2, 3)));
+    assert_eq!(cut.noise[0].size()[0], 2);
+    assert!(cut.noise[1].equal(&all_noise[1]));
+    let opts = LossOptions { cfg_dropout: 0.0, shares: Some(m.clone()) };
+    let loss = den.loss(&batch, &cut, &opts).expect("loss");
+    assert_eq!(loss.total.size(), [5]);
+
+    // By hand, as ml-mdm computes it: every level noised on the whole batch, the outer
+    // network input narrowed to the first 2 rows, the outer loss of those rows / 0.5 · 2
+    // (multi_res_weights "2:1"), zero past them; the inner loss on every row, weight 1.
+    let inputs = d.inputs(&images, all_noise, &time).expect("inputs");
+    let x = vec![inputs.x_t[0].narrow(0, 0, 2), inputs.x_t[1].shallow_clone()];
+    let preds = model.forward(&ModelInput::new(&x, &time, &cond), true, &mut Trace::off()).expect("forward");
+    let eps_loss = |i: usize, rows: i64| {
+        let (x0, _) = mdm_trainer::diffusion::loss::x0_eps_from_pred(
+            &inputs.x_t[i].narrow(0, 0, rows),
+            &preds[i],
+            &inputs.gamma[i].narrow(0, 0, rows),
+            mdm_trainer::diffusion::PredictionType::VPrediction,
+        );
+        let eps_pred = mdm_trainer::diffusion::loss::pred_from_x0(
+            &inputs.x_t[i].narrow(0, 0, rows),
+            &x0,
+            &inputs.gamma[i].narrow(0, 0, rows),
+            mdm_trainer::diffusion::PredictionType::Ddpm,
+        );
+        (eps_pred - inputs.eps[i].narrow(0, 0, rows)).square().mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float)
+    };
     let outer = &loss.per_level[0];
-    assert_eq!(
-        outer
-            .narrow(0, 2, 2)
-            .abs()
-            .sum(Kind::Float)
-            .double_value(&[]),
-        0.0
-    );
-    let (x0, _) = mdm_trainer::diffusion::loss::x0_eps_from_pred(
-        &inputs.x_t[0].narrow(0, 0, 2),
-        &preds[0],
-        &inputs.gamma[0].narrow(0, 0, 2),
-        mdm_trainer::diffusion::PredictionType::VPrediction,
-    );
-    let eps_pred = mdm_trainer::diffusion::loss::pred_from_x0(
-        &inputs.x_t[0].narrow(0, 0, 2),
-        &x0,
-        &inputs.gamma[0].narrow(0, 0, 2),
-        mdm_trainer::diffusion::PredictionType::Ddpm,
-    );
-    let manual = (eps_pred - inputs.eps[0].narrow(0, 0, 2))
-        .square()
-        .mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float)
-        / 0.5
-        * 2.0;
-    assert!(common::max_abs(&outer.narrow(0, 0, 2), &manual) < 1e-5);
-    // The inner level trains on the whole batch with weight 1.
+    assert_eq!(outer.narrow(0, 2, 3).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert!(common::max_abs(&outer.narrow(0, 0, 2), &(eps_loss(0, 2) / 0.5 * 2.0)) < 1e-5);
+    assert!(common::max_abs(&loss.per_level[1], &eps_loss(1, 5)) < 1e-5);
     assert!(loss.per_level[1].gt(0.0).all().int64_value(&[]) == 1);
     // Gradients flow.
     loss.total.mean(Kind::Float).backward();
+
+    // A split needs an outermost batch and cumulative shares ending at 1.
+    let (grouped, _) = den.split(den.batch_of(images.shallow_clone(), cond.shallow_clone()).unwrap(), den.draw(&batch).unwrap(), &m).unwrap();
+    assert_eq!(grouped.group_sizes(), vec![2, 3]);
+    let again = den.split(grouped, den.draw(&batch).unwrap(), &m);
+    assert!(again.unwrap_err().to_string().contains("outermost"));
+    let outer_batch = den.batch_of(images.shallow_clone(), cond.shallow_clone()).unwrap();
+    let d2 = den.draw(&outer_batch).unwrap();
+    assert!(den.split(outer_batch, d2, &[0.5, 0.9]).is_err());
 }
 
 #[test]
@@ -274,7 +291,7 @@ fn timesteps_and_config_validation() {
 }
 
 /// `Denoiser::loss` on a batch drawn at the outermost level is ml-mdm's full-batch loss
-/// (`inputs` → `forward` → `loss`, mixed ratio included) with the same draws; with every
+/// (`inputs` → `forward` → `loss`; a model `mixed_ratio` applies only through `split`) with the same draws; with every
 /// dropout uniform below `cfg_dropout` it is the loss on the null condition sampling uses.
 #[test]
 fn the_denoiser_loss_is_the_full_batch_loss_and_drops_to_the_null_condition() {
@@ -289,7 +306,7 @@ fn the_denoiser_loss_is_the_full_batch_loss_and_drops_to_the_null_condition() {
     let by_hand = |cond: &Conditioning| {
         let noise = draws.noise.iter().map(|n| n.shallow_clone()).collect();
         let inputs = d.inputs(&images, noise, &draws.time).expect("inputs");
-        let preds = model.forward(&ModelInput::new(&d.model_inputs(&inputs), &inputs.time, cond), true, &mut Trace::off()).expect("forward");
+        let preds = model.forward(&ModelInput::new(&inputs.x_t, &inputs.time, cond), true, &mut Trace::off()).expect("forward");
         d.loss(&inputs, &preds).expect("loss").total
     };
     let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);

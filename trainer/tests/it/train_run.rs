@@ -220,6 +220,48 @@ fn grown_stage_trains_mixed_resolution_batches() {
     }
 }
 
+/// The model's own `diffusion_config.mixed_ratio` (ml-mdm's) is resolved at config time into
+/// a fixed split of each micro-batch (the loader draws every sample at 64²): it changes the
+/// outer level's loss against the same run without it, the inner level trains every sample in
+/// both, and naming a loader ratio beside it is refused.
+#[test]
+fn the_models_mixed_ratio_splits_every_micro_batch() {
+    let _rng = common::torch_rng();
+    let f = fixture();
+    let base = std::fs::read_to_string(format!("{MODELS}/tiny_64x64.toml")).unwrap();
+    let mixed = base.replace("no_use_residual = true", "no_use_residual = true\nmixed_ratio = \"1:2\"");
+    assert_ne!(mixed, base);
+    std::fs::write(f.root.join("mixed_model.toml"), mixed).unwrap();
+    let write = |name: &str, model: &str, data: &str| {
+        let p = f.root.join(format!("{name}.toml"));
+        std::fs::write(&p, format!("model_file = \"{model}\"\n[run]\nout = \"runs/{name}\"\ndevice = \"cpu\"\nthreads = 1\nseed = 5\nlog_every = 1\nsteps = 2\n[data]\nshards = [\"shards\"]\nworkers = 1\nbatch_size = 7\ncfg_dropout = 0.0\n{data}\n")).unwrap();
+        p
+    };
+    let plain_model = format!("{MODELS}/tiny_64x64.toml");
+    let mixed_model = f.root.join("mixed_model.toml").display().to_string();
+    let run = TrainConfig::load(&write("mix", &mixed_model, "")).unwrap();
+    let split = run.split.clone().expect("the model's mixed_ratio resolves to a split");
+    assert!((split[0] - 1.0 / 3.0).abs() < 1e-12 && split[1] == 1.0, "{split:?}");
+    assert_eq!(run.ratio, vec![(64, 1.0)]);
+    assert!(TrainConfig::load(&write("plain", &plain_model, "")).unwrap().split.is_none());
+    train::train_from_file(&f.root.join("mix.toml"), &quiet()).unwrap();
+    train::train_from_file(&f.root.join("plain.toml"), &quiet()).unwrap();
+    let levels = |name: &str| -> Vec<Vec<f64>> {
+        losses(&f.root.join("runs").join(name))
+            .iter()
+            .map(|(_, line)| serde_json::from_str(line.split(' ').nth(1).unwrap()).unwrap())
+            .collect()
+    };
+    let (mix, plain) = (levels("mix"), levels("plain"));
+    assert_eq!(mix.len(), 2);
+    assert!(mix.iter().flatten().all(|x| x.is_finite() && *x > 0.0), "{mix:?}");
+    // Step 1, same weights and draws: the outer level saw 2 of 7 samples, renormalised by 1/3.
+    assert!((mix[0][0] - plain[0][0]).abs() > 1e-6, "the split was not applied: {mix:?} {plain:?}");
+    assert!((mix[0][1] - plain[0][1]).abs() < 1e-6, "the inner level trains every sample: {mix:?} {plain:?}");
+    let err = TrainConfig::load(&write("both", &mixed_model, "mixed_ratio = \"64:1,32:1\"")).err().expect("both ratios accepted").to_string();
+    assert!(err.contains("use one of them"), "{err}");
+}
+
 #[test]
 fn non_finite_loss_stops_before_touching_the_last_checkpoint() {
     let _rng = common::torch_rng();

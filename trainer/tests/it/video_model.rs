@@ -358,8 +358,7 @@ fn a_video_model_fits_a_moving_square() {
             tch::manual_seed(1000 + k as i64);
             let clip_t = Tensor::from_slice(&[t]);
             let inputs = diffusion.inputs_grouped(&groups, &clip_t.repeat_interleave_self_int(frames, Some(0), None)).expect("inputs");
-            let x = diffusion.model_inputs(&inputs);
-            let preds = model.forward(&ModelInput::new(&x, &clip_t, &cond).with_frames(frames), false, &mut Trace::off()).expect("forward");
+            let preds = model.forward(&ModelInput::new(&inputs.x_t, &clip_t, &cond).with_frames(frames), false, &mut Trace::off()).expect("forward");
             total += diffusion.loss(&inputs, &preds).expect("loss").total.mean(Kind::Float).double_value(&[]);
         }
         total / 4.0
