@@ -1,13 +1,12 @@
-//! The trainer's integration tests, one binary (each test binary links libtorch: two links
-//! instead of ten, with `tests/dist.rs`). libtorch's random number generator is process-global, so every test holds
+//! The trainer's integration tests, one binary (each test binary links libtorch once).
+//! libtorch's random number generator is process-global, so every test that draws holds
 //! [`common::torch_rng`] while it runs: a seeded test can never see another test's draws.
-//! `tests/dist.rs` (two ranks over c10d/Gloo in threads) stays a binary of its own: run beside
-//! these tests in one process it ended in a SIGSEGV after its ranks had finished (cause not
-//! found yet).
+//! `dist` runs two ranks over c10d/Gloo in threads of this process.
 
 mod common;
 mod diffusion_features;
 mod diffusion_tables;
+mod dist;
 mod fidelity;
 mod flops;
 mod growth;
