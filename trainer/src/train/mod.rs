@@ -373,13 +373,7 @@ impl Trainer {
             if self.sample_text.is_none() && matches!(tb.cond, crate::model::Conditioning::Text { .. }) {
                 self.sample_text = Some(tb.cond.narrow(self.run.config.sample.count.min(tb.len() as i64)));
             }
-            let sizes: Vec<i64> = tb.groups.iter().map(|g| g.size()[0] / tb.frames).collect();
-            // Levels are normalised by their share of the whole global batch.
-            let global = Tensor::from_slice(&sizes.iter().map(|&n| n as f64).collect::<Vec<_>>());
-            if let Some(g) = &self.group {
-                g.all_reduce_sum(&global, &format!("group-size all-reduce at step {}", step + 1))?;
-            }
-            let mut shares = level_shares(&Vec::<f64>::try_from(&global)?);
+            let sizes = tb.group_sizes();
             let draws = draw_samples(
                 (cfg.run.seed, step, micro),
                 &tb.index,
@@ -390,13 +384,21 @@ impl Trainer {
                 self.device,
             )?;
             let denoiser = Denoiser::new(&self.model, &self.diffusion);
-            // ml-mdm's fixed split: the loader drew every sample at the outermost side.
-            let (tb, draws) = match &self.run.split {
+            let (tb, draws, shares) = match &self.run.split {
+                // ml-mdm's fixed split (the loader drew every sample at the outermost side),
+                // normalised by its nominal shares: no group sizes to gather.
                 Some(m) => {
-                    shares = m.clone();
-                    denoiser.split(tb, draws, m)?
+                    let (tb, draws) = denoiser.split(tb, draws, m)?;
+                    (tb, draws, m.clone())
                 }
-                None => (tb, draws),
+                // Levels are normalised by their share of the whole global batch.
+                None => {
+                    let global = Tensor::from_slice(&sizes.iter().map(|&n| n as f64).collect::<Vec<_>>());
+                    if let Some(g) = &self.group {
+                        g.all_reduce_sum(&global, &format!("group-size all-reduce at step {}", step + 1))?;
+                    }
+                    (tb, draws, level_shares(&Vec::<f64>::try_from(&global)?))
+                }
             };
             let opts = LossOptions { cfg_dropout: cfg.data.cfg_dropout, shares: Some(shares) };
             let (l, lv) = forward_backward(&denoiser, &tb, &draws, &opts)?;

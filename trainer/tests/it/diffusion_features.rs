@@ -91,6 +91,7 @@ fn mixed_ratio_trains_the_outer_level_on_its_share_only() {
     let draws = den.draw(&whole).expect("draws");
     let all_noise: Vec<Tensor> = draws.noise.iter().map(|n| n.copy()).collect();
     let time = draws.time.copy();
+    let whole_again = |den: &Denoiser| den.batch_of(images.shallow_clone(), cond.shallow_clone()).unwrap();
     let (batch, cut) = den.split(whole, draws, &m).expect("split");
     // ⌊0.5·5⌋ = 2 samples at 16², the other 3 pooled to 8², order kept.
     assert_eq!(batch.group_sizes(), vec![2, 3]);
@@ -133,13 +134,11 @@ fn mixed_ratio_trains_the_outer_level_on_its_share_only() {
     loss.total.mean(Kind::Float).backward();
 
     // A split needs an outermost batch and cumulative shares ending at 1.
-    let (grouped, _) = den.split(den.batch_of(images.shallow_clone(), cond.shallow_clone()).unwrap(), den.draw(&batch).unwrap(), &m).unwrap();
-    assert_eq!(grouped.group_sizes(), vec![2, 3]);
-    let again = den.split(grouped, den.draw(&batch).unwrap(), &m);
+    let again = den.split(batch, den.draw(&whole_again(&den)).unwrap(), &m);
     assert!(again.unwrap_err().to_string().contains("outermost"));
-    let outer_batch = den.batch_of(images.shallow_clone(), cond.shallow_clone()).unwrap();
-    let d2 = den.draw(&outer_batch).unwrap();
-    assert!(den.split(outer_batch, d2, &[0.5, 0.9]).is_err());
+    let outer = whole_again(&den);
+    let outer_draws = den.draw(&outer).unwrap();
+    assert!(den.split(outer, outer_draws, &[0.5, 0.9]).is_err());
 }
 
 #[test]
