@@ -1,7 +1,8 @@
 //! `mdm sample --manifest FILE --out-dir DIR`: one PNG (the outermost level) per manifest row,
 //! in fixed batches, resumable.
 //!
-//! The manifest is JSON Lines, one object per row (what `mdm eval coco-prep` writes):
+//! The manifest is JSON Lines, one object per row (what `mdm eval coco-prep` writes; read by
+//! `mdm_metrics::manifest`):
 //! `id` (required, unique; the PNG is `<id>.png` unless `file` names it), `caption` (text
 //! models) or `class` (class models), and optional `file` (a plain `.png` file name). Other keys
 //! are kept for other tools and ignored here.
@@ -11,75 +12,17 @@
 //! redoes the others with the very same noise: the folder ends equal to an uninterrupted run's.
 //! `sample.json` in the folder records the settings; a rerun with other settings is refused.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use mdm_metrics::manifest::{read_manifest, Row};
 use mdm_trainer::diffusion::{SampleOptions, Sampler};
 use mdm_trainer::model::Conditioning;
 use mdm_trainer::sample::Trained;
 use mdm_trainer::tch::{Device, Kind, Tensor};
 use mdm_trainer::run_config::CondKind;
 use serde_json::{json, Value};
-
-/// One manifest row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub id: String,
-    pub caption: Option<String>,
-    pub class: Option<i64>,
-    /// Output file name inside the out folder.
-    pub file: String,
-}
-
-/// Reads a JSONL manifest; every error names the file and line.
-pub fn read_manifest(path: &Path) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (mut rows, mut ids, mut files) = (vec![], HashSet::new(), HashSet::new());
-    for (i, line) in text.lines().enumerate() {
-        let at = || format!("{}:{}", path.display(), i + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not a JSON object", at()))?;
-        let obj = v.as_object().with_context(|| format!("{}: not a JSON object", at()))?;
-        let id = match obj.get("id") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => bail!("{}: needs an \"id\" (a non-empty string or a number)", at()),
-        };
-        let caption = match obj.get("caption") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => bail!("{}: \"caption\" must be a string", at()),
-        };
-        let class = match obj.get("class") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_i64().with_context(|| format!("{}: \"class\" must be an integer", at()))?),
-        };
-        let file = match obj.get("file") {
-            None | Some(Value::Null) => format!("{id}.png"),
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => bail!("{}: \"file\" must be a string", at()),
-        };
-        let plain = Path::new(&file).file_name().is_some_and(|n| n == file.as_str()) && !file.starts_with('.');
-        if !plain || !file.to_ascii_lowercase().ends_with(".png") {
-            bail!("{}: output file {file:?} must be a plain file name ending in .png (no folders)", at());
-        }
-        if !ids.insert(id.clone()) {
-            bail!("{}: id {id:?} appears twice", at());
-        }
-        if !files.insert(file.clone()) {
-            bail!("{}: output file {file:?} appears twice", at());
-        }
-        rows.push(Row { id, caption, class, file });
-    }
-    if rows.is_empty() {
-        bail!("{}: the manifest has no rows", path.display());
-    }
-    Ok(rows)
-}
 
 /// The seed of batch `k`: splitmix64 of the run seed and the batch index.
 pub fn batch_seed(seed: u64, k: u64) -> u64 {
@@ -268,33 +211,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
-
-    fn manifest(text: &str) -> (tempfile::TempDir, PathBuf) {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("m.jsonl");
-        std::fs::write(&p, text).unwrap();
-        (d, p)
-    }
-
-    #[test]
-    fn reads_rows_and_names_bad_lines() {
-        let (_d, p) = manifest("{\"id\": \"a\", \"caption\": \"a cat\"}\n\n{\"id\": 7, \"class\": 3, \"file\": \"x.png\", \"extra\": 1}\n");
-        let rows = read_manifest(&p).unwrap();
-        assert_eq!(rows[0], Row { id: "a".into(), caption: Some("a cat".into()), class: None, file: "a.png".into() });
-        assert_eq!(rows[1], Row { id: "7".into(), caption: None, class: Some(3), file: "x.png".into() });
-        for (text, what) in [
-            ("{\"id\": \"a\"}\n{\"id\": \"a\"}\n", "m.jsonl:2: id \"a\" appears twice"),
-            ("{\"caption\": \"x\"}\n", "m.jsonl:1: needs an \"id\""),
-            ("{\"id\": \"a\", \"file\": \"../b.png\"}\n", "m.jsonl:1: output file \"../b.png\" must be a plain file name"),
-            ("{\"id\": \"a\", \"class\": \"x\"}\n", "m.jsonl:1: \"class\" must be an integer"),
-            ("[1]\n", "m.jsonl:1: not a JSON object"),
-        ] {
-            let (_d, p) = manifest(text);
-            let e = format!("{:#}", read_manifest(&p).unwrap_err());
-            assert!(e.contains(what), "{e:?} lacks {what:?}");
-        }
-    }
 
     #[test]
     fn batch_seeds_differ_and_fit_i64() {

@@ -14,12 +14,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mdm_metrics::clip::{mean_score, scores_of_embeds, ClipModel};
+use mdm_metrics::manifest::{read_manifest, Row};
 use mdm_trainer::tch::Tensor;
 use mdm_trainer::run_config::DeviceChoice;
 use mdm_trainer::run_config::pick_device;
 use serde_json::json;
-
-use crate::cmd::sample_manifest::{read_manifest, Row};
 
 #[derive(Args)]
 pub struct ClipArgs {

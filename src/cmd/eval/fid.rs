@@ -11,12 +11,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use mdm_metrics::folder::stats_of_images;
 use mdm_metrics::frechet::frechet_distance;
 use mdm_metrics::npz::read_stats;
 use mdm_metrics::stats::Stats;
 use serde_json::{json, Value};
 
-use super::fid_stats::{stats_of_images, FeatureArgs};
+use super::fid_stats::FeatureArgs;
 
 #[derive(Args)]
 pub struct FidArgs {
@@ -79,7 +80,8 @@ fn load(path: &Path, features: &Features, quiet: bool) -> Result<(Stats, Value)>
             path.display()
         );
     };
-    stats_of_images(path, features, quiet).with_context(|| format!("statistics of {}", path.display()))
+    let of_images = || -> Result<(Stats, Value)> { Ok(stats_of_images(path, &features.options()?, quiet)?) };
+    of_images().with_context(|| format!("statistics of {}", path.display()))
 }
 
 pub fn run(a: FidArgs) -> Result<ExitCode> {

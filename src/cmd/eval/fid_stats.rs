@@ -6,28 +6,20 @@
 //! or a JSON Lines manifest whose rows name a `"file"` relative to the manifest's folder. Images
 //! are decoded and resized on worker threads (std threads, a window of batches ahead of the
 //! network) and reach the network in input order, so the statistics do not depend on `--workers`.
-//! An image that cannot be read is reported by path and counted, never fatal.
+//! An image that cannot be read is reported by path and counted, never fatal. The work is
+//! `mdm_metrics::folder`'s; this command parses the flags and writes the files.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Condvar, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use mdm_metrics::inception::{Dims, FidInception};
-use mdm_metrics::resize::{Mode, INPUT_SIZE};
-use mdm_metrics::stats::{Accumulator, Stats};
-use mdm_trainer::tch::{Device, Tensor};
+use mdm_metrics::folder::{stats_of_images, FeatureOptions};
+use mdm_metrics::inception::Dims;
+use mdm_metrics::resize::Mode;
+use mdm_trainer::tch::Device;
 use mdm_trainer::run_config::DeviceChoice;
 use mdm_trainer::run_config::pick_device_for;
-use serde_json::json;
-use sha2::{Digest, Sha256};
-
-/// Image file extensions read from a folder (case-insensitive).
-const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 
 /// How features are computed: shared by `fid-stats` and by `fid` on image folders.
 #[derive(Args, Clone, Debug)]
@@ -68,7 +60,7 @@ pub struct FidStatsArgs {
     quiet: bool,
 }
 
-/// The `--device` value, resolved when the network is loaded.
+/// The `--device` value, resolved by [`FeatureArgs::options`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
     Auto,
@@ -108,192 +100,22 @@ fn resolve_device(d: DeviceSpec) -> Result<Device> {
     })
 }
 
-/// The images of INPUT: a folder's image files in sorted order, or a manifest's "file" rows.
-pub fn list_images(input: &Path) -> Result<Vec<PathBuf>> {
-    if input.is_dir() {
-        let mut files = vec![];
-        for e in std::fs::read_dir(input).with_context(|| format!("reading {}", input.display()))? {
-            let p = e.with_context(|| format!("reading {}", input.display()))?.path();
-            let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-            if p.is_file() && ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
-                files.push(p);
-            }
-        }
-        files.sort();
-        return Ok(files);
+impl FeatureArgs {
+    /// The library's options, with `--device` resolved.
+    pub fn options(&self) -> Result<FeatureOptions> {
+        Ok(FeatureOptions {
+            inception: self.inception.clone(),
+            mode: self.mode,
+            dims: self.dims,
+            batch: self.batch as usize,
+            device: resolve_device(self.device)?,
+            workers: self.workers.map(|w| w as usize),
+        })
     }
-    let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
-    let base = input.parent().unwrap_or(Path::new(""));
-    let mut files = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a JSON object", input.display(), i + 1))?;
-        let Some(file) = v.get("file").and_then(|f| f.as_str()).filter(|f| !f.is_empty()) else {
-            bail!("{}:{}: the row has no \"file\"", input.display(), i + 1);
-        };
-        files.push(base.join(file));
-    }
-    Ok(files)
-}
-
-/// Decodes one image and makes its network input.
-fn prepare(path: &Path, mode: Mode) -> Result<Vec<f32>, String> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err("the image has no pixels".into());
-    }
-    let rgb = img.to_rgb8();
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    Ok(mode.network_input(rgb.as_raw(), h, w))
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-/// Statistics of an image folder or manifest, with a JSON description of how they were made.
-pub fn stats_of_images(input: &Path, f: &FeatureArgs, quiet: bool) -> Result<(Stats, serde_json::Value)> {
-    let files = list_images(input)?;
-    if files.is_empty() {
-        bail!("{}: no images (.png, .jpg, .jpeg, .webp)", input.display());
-    }
-    let device = resolve_device(f.device)?;
-    let (net, _vs) = FidInception::load(&f.inception, device)
-        .with_context(|| format!("loading the FID Inception from {}", f.inception.display()))?;
-    let sha = sha256_file(&f.inception)?;
-    let batch = f.batch as usize;
-    let workers = f.workers.map(|w| w as usize).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    });
-
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(files.len() as u64) };
-    bar.set_style(indicatif::ProgressStyle::with_template(
-        "fid-stats {bar:30} {pos}/{len} images {elapsed} (eta {eta}) {per_sec}",
-    )?);
-
-    let mut acc = Accumulator::new(f.dims.len());
-    let mut rejected: Vec<(PathBuf, String)> = vec![];
-    let mut used = 0usize;
-    let side = INPUT_SIZE as i64;
-    let mut run_batch = |buf: &mut Vec<f32>, k: usize| -> Result<()> {
-        let x = Tensor::from_slice(buf.as_slice()).reshape([k as i64, 3, side, side]);
-        let feats = net.features(&x, f.dims)?;
-        acc.add(&feats.to_device(Device::Cpu))?;
-        buf.clear();
-        Ok(())
-    };
-
-    // Workers claim indices in order and stay within `window` images of the last one consumed.
-    let window = (2 * batch).max(workers * 2);
-    let next = AtomicUsize::new(0);
-    let consumed = Mutex::new(0usize);
-    let moved = Condvar::new();
-    let stop = AtomicBool::new(false);
-    let (tx, rx) = mpsc::sync_channel::<(usize, Result<Vec<f32>, String>)>(window);
-    let result = std::thread::scope(|s| -> Result<()> {
-        for _ in 0..workers {
-            let tx = tx.clone();
-            let (files, next, consumed, moved, stop) = (&files, &next, &consumed, &moved, &stop);
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= files.len() || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let mut c = consumed.lock().unwrap();
-                while i >= *c + window && !stop.load(Ordering::Relaxed) {
-                    c = moved.wait(c).unwrap();
-                }
-                drop(c);
-                if tx.send((i, prepare(&files[i], f.mode))).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut pending = BTreeMap::new();
-        let (mut emit, mut buf, mut in_buf) = (0usize, Vec::with_capacity(batch * 3 * 299 * 299), 0usize);
-        let body = (|| -> Result<()> {
-            for (i, r) in rx.iter() {
-                pending.insert(i, r);
-                while let Some(r) = pending.remove(&emit) {
-                    match r {
-                        Ok(x) => {
-                            buf.extend_from_slice(&x);
-                            in_buf += 1;
-                            used += 1;
-                        }
-                        Err(e) => {
-                            let line = format!("rejected {}: {e}", files[emit].display());
-                            if bar.is_hidden() {
-                                eprintln!("{line}");
-                            } else {
-                                bar.println(line);
-                            }
-                            rejected.push((files[emit].clone(), e));
-                        }
-                    }
-                    emit += 1;
-                    *consumed.lock().unwrap() = emit;
-                    moved.notify_all();
-                    bar.inc(1);
-                    if in_buf == batch {
-                        run_batch(&mut buf, in_buf)?;
-                        in_buf = 0;
-                    }
-                }
-            }
-            if in_buf > 0 {
-                run_batch(&mut buf, in_buf)?;
-            }
-            Ok(())
-        })();
-        if body.is_err() {
-            stop.store(true, Ordering::Relaxed);
-            moved.notify_all();
-            drop(rx);
-        }
-        body
-    });
-    bar.finish_and_clear();
-    result?;
-    if used == 0 {
-        bail!("{}: none of the {} images could be read", input.display(), files.len());
-    }
-    let stats = acc.finish()?;
-    let info = json!({
-        "n": used,
-        "images": files.len(),
-        "rejected": rejected.iter().map(|(p, e)| json!({"file": p.display().to_string(), "error": e})).collect::<Vec<_>>(),
-        "mode": f.mode.name(),
-        "dims": f.dims.len(),
-        "inception": f.inception.display().to_string(),
-        "inception_sha256": sha,
-        "input": input.display().to_string(),
-        "device": format!("{device:?}"),
-    });
-    Ok((stats, info))
 }
 
 pub fn run(a: FidStatsArgs) -> Result<ExitCode> {
-    let (stats, info) = stats_of_images(&a.input, &a.features, a.quiet)?;
+    let (stats, info) = stats_of_images(&a.input, &a.features.options()?, a.quiet)?;
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -320,15 +142,5 @@ mod tests {
         assert_eq!(parse_dims("768"), Ok(Dims::D768));
         assert!(parse_dims("1000").is_err());
         assert_eq!(parse_mode("pytorch-fid"), Ok(Mode::PytorchFid));
-    }
-
-    #[test]
-    fn manifest_rows_are_relative_to_the_manifest() {
-        let d = tempfile::tempdir().unwrap();
-        let m = d.path().join("m.jsonl");
-        std::fs::write(&m, "{\"file\": \"a/1.png\", \"id\": 1}\n\n{\"file\": \"2.jpg\"}\n").unwrap();
-        assert_eq!(list_images(&m).unwrap(), vec![d.path().join("a/1.png"), d.path().join("2.jpg")]);
-        std::fs::write(&m, "{\"id\": 1}\n").unwrap();
-        assert!(list_images(&m).unwrap_err().to_string().contains("m.jsonl:1"));
     }
 }
