@@ -30,13 +30,11 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tch::{Device, Tensor};
 
 use crate::error::{io, Error, Result};
@@ -113,21 +111,6 @@ fn prepare(path: &Path, mode: Mode) -> Result<Vec<f32>, String> {
     Ok(mode.network_input(rgb.as_raw(), h, w))
 }
 
-/// The hex sha256 of a file's bytes.
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// The progress bar's template (a constant: checked by a test).
 const BAR_TEMPLATE: &str = "fid-stats {bar:30} {pos}/{len} images {elapsed} (eta {eta}) {per_sec}";
 
@@ -147,7 +130,7 @@ pub fn stats_of_images(input: &Path, o: &FeatureOptions, quiet: bool) -> Result<
     }
     let device = o.device;
     let (net, _vs) = FidInception::load(&o.inception, device)?;
-    let sha = sha256_file(&o.inception)?;
+    let (_, sha) = mdm_shards::sha256_file(&o.inception).map_err(io(&o.inception))?;
     let batch = o.batch;
     let workers = o.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
 

@@ -1,11 +1,6 @@
 //! `verify`: recomputes file hashes and row checksums of a shard set and reports every
 //! problem by shard file and row, carrying on past each one.
 
-use std::fs::File;
-use std::io::Read;
-
-use sha2::{Digest, Sha256};
-
 use crate::reader::{ShardReader, ShardSet};
 
 /// One problem found, located as precisely as the damage allows.
@@ -59,7 +54,7 @@ pub fn verify(set: &ShardSet, mut progress: impl FnMut(usize)) -> VerifyReport {
         report.shards += 1;
         let problem = |row: Option<u64>, rows, id, what: String| Problem { shard: entry.file.clone(), row, rows, id, what };
         let path = set.dir.join(&entry.file);
-        match hash_file(&path) {
+        match crate::sha256_file(&path) {
             Err(e) => {
                 report.problems.push(problem(None, None, None, format!("cannot read: {e}")));
                 progress(i);
@@ -117,18 +112,3 @@ pub fn verify(set: &ShardSet, mut progress: impl FnMut(usize)) -> VerifyReport {
     report
 }
 
-fn hash_file(path: &std::path::Path) -> std::io::Result<(u64, String)> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, hex::encode(h.finalize())))
-}

@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tch::{nn, Kind, Tensor};
 
 use super::config::T5Config;
@@ -134,14 +133,6 @@ pub struct Provenance {
     pub dim: usize,
 }
 
-fn sha256_file(path: &Path) -> Result<String, T5Error> {
-    let bytes = std::fs::read(path).map_err(|source| T5Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
-}
-
 /// A T5 encoder with its tokenizer, ready to embed captions.
 pub struct TextEncoder {
     _vs: nn::VarStore,
@@ -210,7 +201,9 @@ impl TextEncoder {
         let provenance = Provenance {
             model_id,
             weights_sha256: ck.sha256()?,
-            tokenizer_sha256: sha256_file(tokenizer)?,
+            tokenizer_sha256: mdm_shards::sha256_file(tokenizer)
+                .map_err(|source| T5Error::Io { path: tokenizer.to_path_buf(), source })?
+                .1,
             dtype: opts.dtype.as_str().to_string(),
             max_tokens: opts.max_tokens,
             dim: cfg.d_model,
