@@ -39,7 +39,7 @@ use tch::{Device, Tensor};
 
 use crate::error::{io, Error, Result};
 use crate::inception::{Dims, FidInception};
-use crate::manifest::at_line;
+use crate::manifest::{at_line, json_lines};
 use crate::resize::{Mode, INPUT_SIZE};
 use crate::stats::{Accumulator, Stats};
 
@@ -78,17 +78,11 @@ pub fn list_images(input: &Path) -> Result<Vec<PathBuf>> {
         files.sort();
         return Ok(files);
     }
-    let text = std::fs::read_to_string(input).map_err(io(input))?;
     let base = input.parent().unwrap_or(Path::new(""));
     let mut files = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| at_line(input, i + 1, format!("not a JSON object: {e}")))?;
+    for (line, v) in json_lines(input)? {
         let Some(file) = v.get("file").and_then(|f| f.as_str()).filter(|f| !f.is_empty()) else {
-            return Err(at_line(input, i + 1, "the row has no \"file\"".into()));
+            return Err(at_line(input, line, "the row has no \"file\"".into()));
         };
         files.push(base.join(file));
     }
@@ -177,7 +171,7 @@ pub fn stats_of_images(input: &Path, o: &FeatureOptions, quiet: bool) -> Result<
         }
         drop(tx);
         let mut pending = BTreeMap::new();
-        let (mut emit, mut buf, mut in_buf) = (0usize, Vec::with_capacity(batch * 3 * 299 * 299), 0usize);
+        let (mut emit, mut buf, mut in_buf) = (0usize, Vec::with_capacity(batch * 3 * INPUT_SIZE * INPUT_SIZE), 0usize);
         let body = (|| -> Result<()> {
             for (i, r) in rx.iter() {
                 pending.insert(i, r);

@@ -43,16 +43,26 @@ pub(crate) fn at_line(path: &Path, line: usize, msg: String) -> Error {
     Error::Invalid { path: PathBuf::from(format!("{}:{line}", path.display())), msg }
 }
 
-/// Reads a JSONL manifest; every error names the file and line.
-pub fn read_manifest(path: &Path) -> Result<Vec<Row>> {
+/// The values of a JSON Lines file with their line numbers (1-based); blank lines are skipped.
+/// A line that is not JSON is an error naming `FILE:LINE`.
+pub(crate) fn json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let (mut rows, mut ids, mut files) = (vec![], HashSet::new(), HashSet::new());
+    let mut values = vec![];
     for (i, line) in text.lines().enumerate() {
-        let at = |msg: String| at_line(path, i + 1, msg);
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line).map_err(|e| at(format!("not a JSON object: {e}")))?;
+        let v = serde_json::from_str(line).map_err(|e| at_line(path, i + 1, format!("not a JSON object: {e}")))?;
+        values.push((i + 1, v));
+    }
+    Ok(values)
+}
+
+/// Reads a JSONL manifest; every error names the file and line.
+pub fn read_manifest(path: &Path) -> Result<Vec<Row>> {
+    let (mut rows, mut ids, mut files) = (vec![], HashSet::new(), HashSet::new());
+    for (line, v) in json_lines(path)? {
+        let at = |msg: String| at_line(path, line, msg);
         let obj = v.as_object().ok_or_else(|| at("not a JSON object".into()))?;
         let id = match obj.get("id") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::T5Error;
+use super::{io_err, T5Error};
 
 /// A Hugging Face T5 `config.json`. Only encoder-relevant fields are read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,10 +104,7 @@ pub struct FeedForward {
 impl T5Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, T5Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| T5Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         let cfg: T5Config = serde_json::from_str(&text).map_err(|source| T5Error::ConfigParse {
             path: path.to_path_buf(),
             source,

@@ -13,7 +13,7 @@ use super::config::T5Config;
 use super::model::T5Encoder;
 use super::tokenizer::{LongCaptions, T5Tokenizer, Tokenized};
 use super::weights::Checkpoint;
-use super::{T5Device, T5Dtype, T5Error, DEFAULT_MAX_TOKENS};
+use super::{io_err, T5Device, T5Dtype, T5Error, DEFAULT_MAX_TOKENS};
 
 /// Settings of a [`TextEncoder`].
 #[derive(Debug, Clone)]
@@ -201,9 +201,7 @@ impl TextEncoder {
         let provenance = Provenance {
             model_id,
             weights_sha256: ck.sha256()?,
-            tokenizer_sha256: mdm_shards::sha256_file(tokenizer)
-                .map_err(|source| T5Error::Io { path: tokenizer.to_path_buf(), source })?
-                .1,
+            tokenizer_sha256: mdm_shards::sha256_file(tokenizer).map_err(io_err(tokenizer))?.1,
             dtype: opts.dtype.as_str().to_string(),
             max_tokens: opts.max_tokens,
             dim: cfg.d_model,

@@ -158,3 +158,9 @@ pub enum T5Error {
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }
+
+/// Maps an I/O error on `path` to [`T5Error::Io`].
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> T5Error {
+    let path = path.to_path_buf();
+    move |source| T5Error::Io { path, source }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::config::T5Config;
 use super::weights::{write_safetensors, TensorBytes};
-use super::{T5Dtype, T5Error};
+use super::{io_err, T5Dtype, T5Error};
 
 /// Said wherever the tiny model is used: its embeddings carry no meaning.
 pub const TINY_T5_NOTICE: &str =
@@ -274,11 +274,6 @@ pub(crate) fn random_weights(
             (key, t)
         })
         .collect()
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> T5Error {
-    let path = path.to_path_buf();
-    move |source| T5Error::Io { path, source }
 }
 
 /// Writes a seeded random (untrained) encoder checkpoint for `cfg` in the HF layout:

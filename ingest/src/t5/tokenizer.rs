@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokenizers::{Normalizer, Tokenizer, TruncationDirection};
 
-use super::{T5Error, DEFAULT_MAX_TOKENS};
+use super::{io_err, T5Error, DEFAULT_MAX_TOKENS};
 
 /// What to do with a caption whose tokens (with `</s>`) exceed the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -68,10 +68,7 @@ impl T5Tokenizer {
     /// Loads `tokenizer.json` with the default limit (128) and truncation. Any truncation or
     /// padding configured in the file is cleared; the limit here governs.
     pub fn from_file(path: &Path) -> Result<Self, T5Error> {
-        let bytes = std::fs::read(path).map_err(|source| T5Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
         let mut tok = Tokenizer::from_bytes(&bytes).map_err(|e| T5Error::Tokenizer {
             path: path.to_path_buf(),
             msg: e.to_string(),

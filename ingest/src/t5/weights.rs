@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
-use super::T5Error;
+use super::{io_err, T5Error};
 
 /// Largest header we accept (the format's own limit is 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
@@ -40,13 +40,6 @@ pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<PathBuf>,
     entries: HashMap<String, Entry>,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> T5Error + '_ {
-    move |source| T5Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn weights_err(path: &Path, msg: impl Into<String>) -> T5Error {

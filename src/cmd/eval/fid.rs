@@ -80,8 +80,8 @@ fn load(path: &Path, features: &Features, quiet: bool) -> Result<(Stats, Value)>
             path.display()
         );
     };
-    let of_images = || -> Result<(Stats, Value)> { Ok(stats_of_images(path, &features.options()?, quiet)?) };
-    of_images().with_context(|| format!("statistics of {}", path.display()))
+    let options = features.options()?;
+    stats_of_images(path, &options, quiet).with_context(|| format!("statistics of {}", path.display()))
 }
 
 pub fn run(a: FidArgs) -> Result<ExitCode> {
